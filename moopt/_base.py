@@ -60,7 +60,9 @@ def leaf_tensors(roots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return leaves
 
 
-def as_param_list(params: ParamsLike, losses: torch.Tensor, name: str = "params") -> list[torch.Tensor]:
+def as_param_list(
+    params: ParamsLike, losses: torch.Tensor, name: str = "params"
+) -> list[torch.Tensor]:
     """Resolve ``params`` (``None`` means every leaf the losses depend on) and check them."""
     if params is None:
         resolved = leaf_tensors([losses])

@@ -8,11 +8,10 @@ right kind with the wrong shape or value, and a message that names the argument.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 
-LossesLike = Union[torch.Tensor, Sequence[torch.Tensor]]
+LossesLike = torch.Tensor | Sequence[torch.Tensor]
 
 
 def as_loss_vector(
@@ -60,7 +59,9 @@ def as_loss_vector(
     if not torch.is_floating_point(vector):
         raise TypeError(f"{name} must be floating point; got dtype {vector.dtype}")
     if n_tasks is not None and vector.numel() != n_tasks:
-        raise ValueError(f"{name} has {vector.numel()} task losses; this combiner expects {n_tasks}")
+        raise ValueError(
+            f"{name} has {vector.numel()} task losses; this combiner expects {n_tasks}"
+        )
     if check_finite:
         bad = ~torch.isfinite(vector.detach())
         if bool(bad.any()):
@@ -85,7 +86,9 @@ def as_weight_vector(
     entries, or (unless ``allow_zero_sum``) weights that are all zero.
     """
     if isinstance(weights, torch.Tensor):
-        tensor = weights if torch.is_floating_point(weights) else weights.to(torch.get_default_dtype())
+        tensor = (
+            weights if torch.is_floating_point(weights) else weights.to(torch.get_default_dtype())
+        )
     elif isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
         raise TypeError(
             f"{name} must be a 1-D tensor or a sequence of numbers; got {type(weights).__name__}"

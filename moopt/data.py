@@ -19,9 +19,7 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:
-        raise ImportError(
-            "moopt.data needs scikit-learn: pip install 'moopt[examples]'"
-        ) from error
+        raise ImportError("moopt.data needs scikit-learn: pip install 'moopt[examples]'") from error
     bunch = load_digits()
     return bunch.images.astype(np.float64) / 16.0, bunch.target.astype(np.int64)
 

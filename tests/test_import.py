@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-HEAVY = ["scipy", "cvxpy", "pymoo", "moocore", "matplotlib", "sklearn", "dask", "tqdm"]
+HEAVY = ["scipy", "cvxpy", "pymoo", "moocore", "matplotlib", "sklearn", "dask"]
 
 
 def test_import_moopt_loads_only_torch_and_numpy():
