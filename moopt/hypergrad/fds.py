@@ -1,0 +1,88 @@
+"""FDS hypergradients of an ``nn.Module`` training run (Micaelli & Storkey 2021).
+
+:func:`fds_hypergradients` trains the model for T inner steps with a functional inner
+optimizer whose hyperparameters are shared over windows (:class:`Schedule`), and returns
+the validation loss at the end together with its exact derivative with respect to every
+shared hyperparameter, by forward-mode differentiation through the whole run
+(:func:`moopt.hypergrad.engine.forward_unroll`). The model itself is not modified: the
+trained parameters are in ``result.params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from moopt.hypergrad.engine import Batches, HypergradResult, forward_unroll
+from moopt.hypergrad.optim import InnerOptimizer
+from moopt.hypergrad.problem import InnerProblem, TrainLoss, ValLoss
+from moopt.hypergrad.schedule import Schedule
+
+
+def fds_hypergradients(
+    model: nn.Module,
+    train_loss: TrainLoss,
+    val_loss: ValLoss,
+    optimizer: InnerOptimizer,
+    batches: Batches,
+    *,
+    hypers: Mapping[str, Schedule] | None = None,
+    steps: int | None = None,
+    tangents: str = "batched",
+    check_finite: bool = True,
+    progress: bool = False,
+) -> HypergradResult:
+    """Validation loss after T inner steps and its FDS hypergradients.
+
+    Args:
+        model: the ``nn.Module`` to train (parameters with ``requires_grad`` are trained
+            from their current values; buffers and frozen parameters stay constant). Its
+            device is the device of the computation.
+        train_loss: ``train_loss(model_fn, batch, hypers) -> scalar``; ``model_fn(*args)``
+            runs the model with the current inner parameters, ``hypers`` holds the values
+            of ``hypers`` (below) at this step, e.g. ``moopt.Linear(hypers["w"])(losses)``.
+        val_loss: ``val_loss(model_fn) -> scalar``, evaluated after the last step.
+        optimizer: :class:`SGD`, :class:`Adam` or :class:`AdamW` with fixed numbers and
+            :class:`Schedule` hyperparameters.
+        batches: a callable ``t -> batch``, a sequence of at least T batches, or an
+            iterable yielding them; each batch is passed to ``train_loss`` unchanged.
+        hypers: extra tuned hyperparameters entering the training loss (loss weights...).
+        steps: the horizon T (default: the schedules' ``steps``; all must agree).
+        tangents: ``"batched"`` (default) or ``"columns"`` (see :func:`forward_unroll`).
+        check_finite: stop with an ``UnrollError`` naming the step on NaN/inf.
+        progress: tqdm progress bar over the inner steps.
+
+    Returns:
+        :class:`HypergradResult`: ``val_loss``, ``hypergrads`` (by schedule name, shaped
+        like each ``Schedule.raw``), ``value_hypergrads``, the final ``state``
+        (``result.params`` are the trained parameters) and ``train_losses``.
+
+    Raises:
+        ValueError: schedule length differs from the horizon, a BatchNorm in training
+            mode, too few batches.
+        UnrollError: an inner step fails (the message names the step and the module) or
+            produces NaN/inf.
+    """
+    problem = InnerProblem(model, train_loss, val_loss, optimizer, hypers)
+    step, val = problem.make_step()
+    state = problem.initial_state()
+    problem.start_tracking()
+    try:
+        result = forward_unroll(
+            step,
+            val,
+            state,
+            problem.schedules,
+            batches,
+            steps=steps,
+            has_aux=True,
+            tangents=tangents,
+            check_finite=check_finite,
+            progress=progress,
+            on_error=problem.describe_error,
+        )
+    finally:
+        problem.stop_tracking()
+    result.state["buffers"] = problem.constants()
+    return result
