@@ -84,5 +84,5 @@ def fds_hypergradients(
         )
     finally:
         problem.stop_tracking()
-    result.state["buffers"] = problem.constants()
+    result.state = problem.finish(result.state)
     return result

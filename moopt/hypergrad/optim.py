@@ -62,7 +62,7 @@ def sgd(
     new_params: Tensors = {}
     buffers: Tensors = {}
     step = state["step"]
-    started = step.clamp(max=1)
+    started = (step > 0).to(step.dtype)
     for name, param in params.items():
         grad = grads[name]
         if not _is_zero(weight_decay):

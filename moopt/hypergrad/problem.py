@@ -7,7 +7,8 @@ engine (FDS) and the reverse-mode baseline run exactly this step, so they differ
 the same computation.
 
 The inner state is ``{"params": {...}, "optimizer": {...}}``: the trainable parameters
-(those with ``requires_grad``) and the optimizer state. Buffers and frozen parameters are
+(those with ``requires_grad``), packed into one flat vector per dtype and device
+(:class:`FlatLayout`), and the optimizer state in the same layout. Buffers and frozen parameters are
 constants of the unroll: a module that updates a buffer in place during the training step
 (BatchNorm in training mode with running statistics) is refused with an error naming it.
 """
@@ -71,6 +72,36 @@ class _ModuleTracker:
             handle.remove()
 
 
+class FlatLayout:
+    """Packs named tensors into one flat vector per (dtype, device) group, and back.
+
+    ``flatten({name: tensor}) -> {group: vector}``; ``unflatten`` returns views of the
+    vectors reshaped to the original shapes (differentiable, no copy).
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.groups: dict[str, list[tuple[str, tuple[int, ...], int]]] = {}
+        for name, tensor in tensors.items():
+            key = f"{tensor.dtype}@{tensor.device}".replace("torch.", "")
+            self.groups.setdefault(key, []).append((name, tuple(tensor.shape), tensor.numel()))
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{group: concatenation of the group's tensors, flattened}``."""
+        return {
+            key: torch.cat([tensors[name].reshape(-1) for name, _, _ in entries])
+            for key, entries in self.groups.items()
+        }
+
+    def unflatten(self, flat: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{name: view of the group vector with the original shape}``."""
+        out: dict[str, torch.Tensor] = {}
+        for key, entries in self.groups.items():
+            pieces = torch.split(flat[key], [numel for _, _, numel in entries])
+            for (name, shape, _), piece in zip(entries, pieces):
+                out[name] = piece.view(shape)
+        return out
+
+
 class InnerProblem:
     """The pure inner step and validation criterion of a model-training setup.
 
@@ -132,31 +163,51 @@ class InnerProblem:
         self._checked_buffers = False
         self._tracker: _ModuleTracker | None = None
 
-    def initial_state(self) -> dict[str, Any]:
-        """``{"params": trainable parameters (detached copies), "optimizer": its init state}``."""
-        params = {
-            name: p.detach().clone() for name, p in self.model.named_parameters() if p.requires_grad
-        }
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
         if not params:
             raise ValueError("model has no parameter with requires_grad=True to train")
         for name, p in params.items():
             if not p.dtype.is_floating_point:
                 raise TypeError(f"parameter {name!r} must be floating point; got {p.dtype}")
-        return {"params": params, "optimizer": self.optimizer.init(params)}
+        return params
+
+    def initial_state(self) -> dict[str, Any]:
+        """``{"params": flat trainable parameters (copies), "optimizer": its init state}``.
+
+        The parameters are packed into one vector per (dtype, device) group (see
+        :class:`FlatLayout`), so that the optimizer runs a handful of tensor operations
+        per step whatever the number of parameter tensors.
+        """
+        params = self._trainable()
+        self.layout = FlatLayout(params)
+        flat = self.layout.flatten(params)
+        return {"params": flat, "optimizer": self.optimizer.init(flat)}
 
     def constants(self) -> dict[str, torch.Tensor]:
         """Buffers and frozen parameters: constants of the unroll."""
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         return {**frozen, **dict(self.model.named_buffers())}
 
-    def bind(self, params: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]):
-        """A callable that runs the model with ``params`` and ``constants``."""
+    def bind(self, flat: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]):
+        """A callable that runs the model with the flat parameters ``flat`` and ``constants``."""
         model = self.model
+        layout = self.layout
 
         def model_fn(*args: Any, **kwargs: Any) -> Any:
-            return functional_call(model, (dict(params), dict(constants)), args, kwargs)
+            tensors = {**layout.unflatten(flat), **constants}
+            return functional_call(model, tensors, args, kwargs)
 
         return model_fn
+
+    def finish(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The final state as the user sees it: ``params`` by name, ``buffers``, ``optimizer``
+        (the optimizer state stays in the flat layout)."""
+        return {
+            "params": self.layout.unflatten(state["params"]),
+            "buffers": self.constants(),
+            "optimizer": state["optimizer"],
+        }
 
     def make_step(self) -> tuple[Callable[..., Any], Callable[[Any], torch.Tensor]]:
         """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``."""

@@ -87,5 +87,5 @@ def reverse_hypergradients(
     result = reverse_unroll(
         step, val, problem.initial_state(), problem.schedules, batches, steps=steps, has_aux=True
     )
-    result.state["buffers"] = problem.constants()
+    result.state = problem.finish(result.state)
     return result
