@@ -4,14 +4,24 @@
 by the function that needs it.
 """
 
+from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
+from moopt.mdmm import MDMM, Constraint, MDMMOutput
+from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chebyshev",
     "Combiner",
+    "Constraint",
     "GradientCombiner",
     "GramianWeighting",
+    "Linear",
     "LossCombiner",
+    "MDMM",
+    "MDMMOutput",
+    "UncertaintyWeighting",
+    "problems",
     "__version__",
 ]
