@@ -160,7 +160,6 @@ class InnerProblem:
         self.optimizer = optimizer
         self.hypers = dict(hypers)
         self.schedules: dict[str, Schedule] = {**optimizer.schedules(), **self.hypers}
-        self._checked_buffers = False
         self._tracker: _ModuleTracker | None = None
 
     def _trainable(self) -> dict[str, torch.Tensor]:
@@ -213,7 +212,6 @@ class InnerProblem:
         """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``."""
         constants = self.constants()
         names = list(self.hypers)
-        self._checked_buffers = False
 
         def step(state: Mapping[str, Any], hypers_t: Mapping[str, torch.Tensor], batch: Any):
             loss_hypers = {name: hypers_t[name] for name in names}
@@ -223,13 +221,8 @@ class InnerProblem:
                 _check_scalar(loss, "train_loss")
                 return loss
 
-            first = not self._checked_buffers
-            versions = {n: b._version for n, b in constants.items()} if first else None
             grads, loss = grad_and_value(loss_fn)(state["params"])
-            if versions is not None:
-                _check_buffers_unchanged(constants, versions)
-                self._checked_buffers = True
-                self.stop_tracking()
+            self.stop_tracking()
             params, opt_state = self.optimizer.update(
                 state["params"], state["optimizer"], grads, hypers_t
             )
@@ -283,13 +276,3 @@ def _check_scalar(loss: object, name: str) -> None:
         raise TypeError(f"{name} must return a scalar tensor; got {type(loss).__name__}")
     if loss.numel() != 1:
         raise ValueError(f"{name} must return a scalar; got shape {tuple(loss.shape)}")
-
-
-def _check_buffers_unchanged(constants: Mapping[str, torch.Tensor], versions: dict) -> None:
-    changed = [n for n, b in constants.items() if b._version != versions[n]]
-    if changed:
-        raise ValueError(
-            f"the training step modified buffers {changed} in place; the unroll treats "
-            "buffers as constants and forward mode cannot carry in-place updates. Put the "
-            "modules owning them in eval mode or make the update functional."
-        )
