@@ -228,8 +228,3 @@ def test_low_level_engine_checks_state_and_losses():
         _run(_mlp(), train_loss=lambda f, b, h: 1.0)
     with pytest.raises(ValueError, match="train_loss must return a scalar"):
         _run(_mlp(), train_loss=lambda f, b, h: f(b[0]))
-
-
-def test_hypergradient_that_cannot_reach_the_validation_loss_warns():
-    with pytest.warns(UserWarning, match="'alpha' is exactly zero"):
-        _run(_mlp(), hypers={"alpha": Schedule(0.5, steps=T, dtype=DT)})

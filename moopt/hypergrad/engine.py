@@ -24,7 +24,6 @@ each time) — the cost profile of the reference code — for benchmarks only.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,16 +152,6 @@ def make_result(
 ) -> HypergradResult:
     """Package a flat hypergradient into a :class:`HypergradResult`."""
     hypergrads = space.split(flat_grad.detach())
-    for name, grad in hypergrads.items():
-        if not bool(grad.any()):
-            warnings.warn(
-                f"the hypergradient of {name!r} is exactly zero: the hyperparameter does not "
-                "reach the validation loss. If it enters the training loss, check that it is "
-                "not detached or copied on the way (e.g. a combiner built inside the loss "
-                "stores a detached copy of its weights: pass them with "
-                "torch.func.functional_call(combiner, {'weights': w}, (losses,)))",
-                stacklevel=3,
-            )
     value_grads = {
         name: hypergrads[name] / space.schedules[name].value_derivative() for name in space.names
     }
