@@ -222,3 +222,28 @@ def test_window_hypergradients_sum_to_the_shared_one(windows):
     )
     total = split.hypergrads["lr"].sum()
     assert abs(float(total - shared.hypergrads["lr"][0])) < 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model, data, val = _setup(4)
+    horizon = 10
+
+    def run(device):
+        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+        net.load_state_dict(model.state_dict())
+        net.to(device)
+        x, y = (d.to(device) for d in data)
+        xv, yv = (v.to(device) for v in val)
+        optimizer = SGD(lr=Schedule(0.1, steps=horizon, windows=2, dtype=DT), momentum=0.9)
+        return fds_hypergradients(
+            net,
+            _train_loss,
+            lambda f: ((f(xv) - yv) ** 2).mean(),
+            optimizer,
+            lambda t: (x[t], y[t]),
+        )
+
+    cpu, cuda = run("cpu"), run("cuda")
+    assert cuda.state["params"]["0.weight"].device.type == "cuda"
+    torch.testing.assert_close(cuda.hypergrads["lr"], cpu.hypergrads["lr"], rtol=1e-9, atol=0)

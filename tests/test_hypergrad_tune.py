@@ -164,6 +164,9 @@ def test_tune_rejects_bad_arguments():
         tune(objective, schedules, 0)
     with pytest.raises(TypeError, match="OuterOptimizer"):
         tune(objective, schedules, 1, outer=torch.optim.SGD)
+    unbounded = {"a": Schedule(0.0, steps=8, dtype=DT)}
+    with pytest.raises(ValueError, match="no finite search range"):
+        tune(lambda k: pytest.fail("ran an inner run"), unbounded, 1, progress=False)
     with pytest.raises(TypeError, match="HypergradResult"):
         tune(lambda k: 1.0, schedules, 1, outer=SignStep(0.1), progress=False)
 

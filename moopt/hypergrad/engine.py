@@ -315,12 +315,10 @@ def forward_unroll(
         if bar is not None:
             bar.close()
 
-    def directional(tangent_in: State) -> torch.Tensor:
-        return jvp(val, (state,), (tangent_in,))[1]
+    def directional(tangent_in: State) -> tuple[torch.Tensor, torch.Tensor]:
+        return jvp(val, (state,), (tangent_in,))
 
-    with torch.no_grad():
-        value = val(state)
-    flat_grad = vmap(directional, randomness="same")(tangent)
+    value, flat_grad = vmap(directional, out_dims=(None, 0), randomness="same")(tangent)
     if check_finite and not bool(torch.isfinite(flat_grad).all()):
         raise UnrollError(
             f"the validation loss ({float(value)}) or its hypergradient is not finite after "

@@ -34,6 +34,9 @@ class OuterOptimizer:
         """Update the schedules from the hypergradients of their ``raw`` tensors."""
         raise NotImplementedError
 
+    def validate(self, schedules: Mapping[str, Schedule]) -> None:
+        """Raise before any inner run if the schedules cannot be updated (default: no check)."""
+
     def state_dict(self) -> dict[str, object]:
         """Internal state, for checkpoints."""
         raise NotImplementedError
@@ -110,6 +113,12 @@ class SignStep(OuterOptimizer):
         self.halve_on_flip = bool(halve_on_flip)
         self.gamma: dict[str, torch.Tensor] = {}
         self.previous_sign: dict[str, torch.Tensor] = {}
+
+    def validate(self, schedules: Mapping[str, Schedule]) -> None:
+        """Check that every schedule has an initial step (given, or from its search range)."""
+        for name, schedule in schedules.items():
+            if name not in self.gamma:
+                _step_size_for(name, schedule, self.step_sizes, self.fraction)
 
     def step(
         self, schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]

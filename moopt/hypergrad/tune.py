@@ -176,6 +176,7 @@ def tune(
     outer = SignStep() if outer is None else outer
     if not isinstance(outer, OuterOptimizer):
         raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
+    outer.validate(schedules)
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
     start = 0
