@@ -165,14 +165,17 @@ def make_result(
 
 
 def batch_source(batches: Batches, steps: int) -> Callable[[int], Any]:
-    """Turn ``batches`` (a callable ``t -> batch``, a sequence or an iterable) into ``t -> batch``.
+    """Turn ``batches`` into a function ``t -> batch``.
 
-    A sequence must hold at least ``steps`` batches; an iterator that runs out before
+    ``batches`` is a callable ``t -> batch``, a sequence (or a tensor whose first dimension
+    indexes the steps) of at least ``steps`` batches, or an iterable. A sequence must hold
+    at least ``steps`` batches; an iterator that runs out before
     ``steps`` raises a ``ValueError`` naming the step.
     """
     if callable(batches) and not isinstance(batches, (Sequence, torch.Tensor)):
         return batches
-    if isinstance(batches, Sequence) and not isinstance(batches, (str, bytes)):
+    is_sequence = isinstance(batches, Sequence) and not isinstance(batches, (str, bytes))
+    if is_sequence or (isinstance(batches, torch.Tensor) and batches.dim() > 0):
         if len(batches) < steps:
             raise ValueError(
                 f"batches holds {len(batches)} batches but the horizon is {steps} inner steps"
