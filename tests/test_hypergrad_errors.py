@@ -102,6 +102,11 @@ def test_nan_during_the_unroll_names_the_step():
     optimizer = SGD(lr=Schedule(0.1, steps=T, dtype=DT))
     with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
         fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches)
+    # checked every 5 steps (as on accelerators): found late, still named exactly
+    with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
+        fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches, check_every=5)
+    with pytest.raises(ValueError, match="check_every must be a positive int"):
+        fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches, check_every=0)
 
 
 def test_divergence_names_the_step():

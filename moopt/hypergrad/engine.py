@@ -211,10 +211,6 @@ def _check_state(state: State) -> tuple[list[torch.Tensor], Any]:
     return leaves, spec
 
 
-def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    return bool(torch.stack([torch.isfinite(x).all() for x in tensors]).all())
-
-
 def _progress(total: int, enabled: bool, description: str) -> Any:
     if not enabled:
         return None
@@ -238,6 +234,7 @@ def forward_unroll(
     has_aux: bool = False,
     tangents: str = "batched",
     check_finite: bool = True,
+    check_every: int | None = None,
     progress: bool = False,
     on_error: Callable[[int, Exception], Exception] | None = None,
 ) -> HypergradResult:
@@ -258,7 +255,10 @@ def forward_unroll(
         tangents: ``"batched"`` (vmap over the N tangents, the default) or ``"columns"``
             (one jvp per tangent column; slower, for comparisons).
         check_finite: stop with :class:`UnrollError` naming the step when the state, its
-            tangents or the training loss become NaN/inf (one host sync per step).
+            tangents or the training loss become NaN/inf.
+        check_every: look at the finiteness record every this many steps (one host sync
+            each time); default 1 on CPU, 100 on accelerators (the unroll then stops at
+            most 99 steps after the bad one, and still names it).
         progress: show a tqdm progress bar over the inner steps.
         on_error: optional hook turning an exception raised inside step ``t`` into a more
             helpful one (the module-level API names the failing module).
@@ -289,6 +289,11 @@ def forward_unroll(
         pushed, in_dims=(None, 0, 0, None, None), out_dims=(None, 0, None), randomness="same"
     )
     losses = torch.empty(horizon, dtype=h.dtype, device=h.device) if has_aux else None
+    if check_every is None:
+        check_every = 1 if h.device.type == "cpu" else 100
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive int; got {check_every!r}")
+    monitor = _FiniteMonitor(horizon, h.device, check_every) if check_finite else None
     bar = _progress(horizon, progress, "FDS unroll")
     try:
         for t in range(horizon):
@@ -310,8 +315,8 @@ def forward_unroll(
                 raise UnrollError(f"inner step {t} failed: {error}") from error
             if losses is not None:
                 losses[t] = loss.detach()
-            if check_finite:
-                _check_finite_step(t, state, tangent, loss if has_aux else None)
+            if monitor is not None:
+                monitor.record(t, state, tangent, loss if has_aux else None, losses)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -330,22 +335,48 @@ def forward_unroll(
     return make_result(space, value, flat_grad, state, losses)
 
 
-def _check_finite_step(t: int, state: State, tangent: State, loss: torch.Tensor | None) -> None:
-    state_leaves = tree_flatten(state)[0]
-    tangent_leaves = tree_flatten(tangent)[0]
-    checks = [*state_leaves, *tangent_leaves] + ([loss] if loss is not None else [])
-    if _all_finite(checks):
-        return
-    if loss is not None and not bool(torch.isfinite(loss)):
-        what = f"the training loss is {float(loss)}"
-    elif not _all_finite(state_leaves):
-        what = "the parameters or optimizer state contain NaN/inf (the inner run diverged)"
-    else:
-        what = (
-            "the tangents (hypergradients) overflowed to NaN/inf although the inner run "
-            "itself is finite"
+class _FiniteMonitor:
+    """Records, without a host sync, whether the training loss, the state and the tangents
+    are finite at every step, and checks the record every ``every`` steps, raising an
+    :class:`UnrollError` that names the first bad step (on an accelerator the unroll may
+    run up to ``every - 1`` steps past it before noticing)."""
+
+    def __init__(self, horizon: int, device: torch.device, every: int) -> None:
+        self.flags = torch.ones(horizon, 3, dtype=torch.bool, device=device)
+        self.horizon = horizon
+        self.every = every
+        self.checked = 0
+
+    def record(
+        self, t: int, state: State, tangent: State, loss: torch.Tensor | None, losses: Any
+    ) -> None:
+        parts = [
+            torch.isfinite(loss).all() if loss is not None else self.flags[t, 0],
+            torch.stack([torch.isfinite(x).all() for x in tree_flatten(state)[0]]).all(),
+            torch.stack([torch.isfinite(x).all() for x in tree_flatten(tangent)[0]]).all(),
+        ]
+        self.flags[t] = torch.stack(parts)
+        if (t + 1) % self.every == 0 or t + 1 == self.horizon:
+            self.verify(t + 1, losses)
+
+    def verify(self, upto: int, losses: torch.Tensor | None) -> None:
+        ok = self.flags[self.checked : upto].all(dim=1)
+        if bool(ok.all()):
+            self.checked = upto
+            return
+        first = self.checked + int((~ok).nonzero()[0, 0])
+        loss_ok, state_ok, _ = self.flags[first].tolist()
+        if not loss_ok:
+            value = "" if losses is None else f" {float(losses[first])}"
+            what = f"the training loss is{value}"
+        elif not state_ok:
+            what = "the parameters or optimizer state contain NaN/inf (the inner run diverged)"
+        else:
+            what = (
+                "the tangents (hypergradients) overflowed to NaN/inf although the inner run "
+                "itself is finite"
+            )
+        raise UnrollError(
+            f"NaN/inf during the unroll at inner step {first}: {what}. Lower the learning rate "
+            "or its search range, shorten the horizon, or check the data."
         )
-    raise UnrollError(
-        f"NaN/inf during the unroll at inner step {t}: {what}. Lower the learning rate or "
-        "its search range, shorten the horizon, or check the data."
-    )

@@ -31,6 +31,7 @@ def fds_hypergradients(
     steps: int | None = None,
     tangents: str = "batched",
     check_finite: bool = True,
+    check_every: int | None = None,
     progress: bool = False,
 ) -> HypergradResult:
     """Validation loss after T inner steps and its FDS hypergradients.
@@ -51,6 +52,8 @@ def fds_hypergradients(
         steps: the horizon T (default: the schedules' ``steps``; all must agree).
         tangents: ``"batched"`` (default) or ``"columns"`` (see :func:`forward_unroll`).
         check_finite: stop with an ``UnrollError`` naming the step on NaN/inf.
+        check_every: steps between finiteness checks (host syncs); default 1 on CPU, 100
+            on accelerators (see :func:`forward_unroll`).
         progress: tqdm progress bar over the inner steps.
 
     Returns:
@@ -79,6 +82,7 @@ def fds_hypergradients(
             has_aux=True,
             tangents=tangents,
             check_finite=check_finite,
+            check_every=check_every,
             progress=progress,
             on_error=problem.describe_error,
         )
