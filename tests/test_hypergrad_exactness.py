@@ -247,3 +247,37 @@ def test_cuda_matches_cpu():
     cpu, cuda = run("cpu"), run("cuda")
     assert cuda.state["params"]["0.weight"].device.type == "cuda"
     torch.testing.assert_close(cuda.hypergrads["lr"], cpu.hypergrads["lr"], rtol=1e-9, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_unroll_equals_eager():
+    model, data, val = _setup(5)
+    horizon = 8
+
+    def run(compile):
+        optimizer = SGD(
+            lr=Schedule(0.1, steps=horizon, windows=3, dtype=DT),
+            momentum=Schedule(0.6, steps=horizon, dtype=DT),
+        )
+        return fds_hypergradients(
+            model,
+            _train_loss,
+            lambda f: ((f(val[0]) - val[1]) ** 2).mean(),
+            optimizer,
+            lambda t: (data[0][t], data[1][t]),
+            compile=compile,
+        )
+
+    eager, compiled = run(False), run(True)
+    for name in ("lr", "momentum"):
+        assert _max_rel(compiled.hypergrads[name], eager.hypergrads[name]) < 1e-10
+    with pytest.raises(ValueError, match='compile=True needs tangents="batched"'):
+        fds_hypergradients(
+            model,
+            _train_loss,
+            lambda f: f(val[0]).sum(),
+            SGD(lr=Schedule(0.1, steps=horizon, dtype=DT)),
+            lambda t: (data[0][t], data[1][t]),
+            compile=True,
+            tangents="columns",
+        )

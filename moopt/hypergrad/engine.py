@@ -86,6 +86,7 @@ class HyperSpace:
             start += schedule.numel
         self.numel = start
         self._windows = [s.window_of.tolist() for s in self.schedules.values()]
+        self.window_table = torch.stack([s.window_of for s in self.schedules.values()], dim=1)
 
     def flat(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The current raw values of every schedule as one vector ``h`` of length N."""
@@ -99,6 +100,18 @@ class HyperSpace:
             self.schedules.items(), self.offsets, self._windows
         ):
             raw = h[start:stop].view(schedule.windows, *schedule.shape)[windows[t]]
+            out[name] = schedule.values_from_raw(raw)
+        return out
+
+    def values_in(self, h: torch.Tensor, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Like :meth:`values_at`, with the window of every schedule given as a tensor
+        (a row of ``window_table``), so that a compiled step does not depend on ``t``."""
+        out: dict[str, torch.Tensor] = {}
+        for k, ((name, schedule), (start, stop)) in enumerate(
+            zip(self.schedules.items(), self.offsets)
+        ):
+            table = h[start:stop].view(schedule.windows, *schedule.shape)
+            raw = table.index_select(0, windows[k : k + 1]).squeeze(0)
             out[name] = schedule.values_from_raw(raw)
         return out
 
@@ -235,6 +248,7 @@ def forward_unroll(
     tangents: str = "batched",
     check_finite: bool = True,
     check_every: int | None = None,
+    compile: bool = False,
     progress: bool = False,
     on_error: Callable[[int, Exception], Exception] | None = None,
 ) -> HypergradResult:
@@ -259,6 +273,13 @@ def forward_unroll(
         check_every: look at the finiteness record every this many steps (one host sync
             each time); default 1 on CPU, 100 on accelerators (the unroll then stops at
             most 99 steps after the bad one, and still names it).
+        compile: run steps 1..T-1 through ``torch.compile`` (the batched jvp of the step
+            as one graph; step 0 runs eagerly, so that unsupported operations fail with a
+            clear error). It removes most of the per-operation overhead of the three
+            ``torch.func`` levels (measured about 5x faster per step on a small CPU MLP)
+            after a one-off compilation of tens of seconds; worth it for long horizons and
+            repeated outer steps (the compiled graph is reused while shapes stay the same).
+            The step must be compilable; results equal eager ones up to rounding.
         progress: show a tqdm progress bar over the inner steps.
         on_error: optional hook turning an exception raised inside step ``t`` into a more
             helpful one (the module-level API names the failing module).
@@ -278,9 +299,10 @@ def forward_unroll(
     tangent = tree_map(lambda x: x.new_zeros((n, *x.shape)), state)
     get_batch = batch_source(batches, horizon)
 
-    def pushed(state_in: State, tangent_in: State, h_dot: torch.Tensor, t: int, batch: Any):
+    def pushed(state_in: State, tangent_in: State, h_dot: torch.Tensor, t: Any, batch: Any):
         def f(s: State, hh: torch.Tensor) -> Any:
-            out = step(s, space.values_at(hh, t), batch)
+            values = space.values_at(hh, t) if isinstance(t, int) else space.values_in(hh, t)
+            out = step(s, values, batch)
             return out if has_aux else (out, torch.zeros((), dtype=hh.dtype, device=hh.device))
 
         return jvp(f, (state_in, h), (tangent_in, h_dot), has_aux=True)
@@ -288,6 +310,12 @@ def forward_unroll(
     batched = vmap(
         pushed, in_dims=(None, 0, 0, None, None), out_dims=(None, 0, None), randomness="same"
     )
+    compiled = None
+    if compile:
+        if tangents != "batched":
+            raise ValueError('compile=True needs tangents="batched"')
+        compiled = torch.compile(batched, dynamic=False)
+        table = space.window_table.to(h.device)
     losses = torch.empty(horizon, dtype=h.dtype, device=h.device) if has_aux else None
     if check_every is None:
         check_every = 1 if h.device.type == "cpu" else 100
@@ -299,7 +327,9 @@ def forward_unroll(
         for t in range(horizon):
             batch = get_batch(t)
             try:
-                if tangents == "batched":
+                if compiled is not None and t > 0:
+                    state, tangent, loss = compiled(state, tangent, eye, table[t], batch)
+                elif tangents == "batched":
                     state, tangent, loss = batched(state, tangent, eye, t, batch)
                 else:
                     columns = []

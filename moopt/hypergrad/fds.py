@@ -32,6 +32,7 @@ def fds_hypergradients(
     tangents: str = "batched",
     check_finite: bool = True,
     check_every: int | None = None,
+    compile: bool = False,
     progress: bool = False,
 ) -> HypergradResult:
     """Validation loss after T inner steps and its FDS hypergradients.
@@ -54,6 +55,8 @@ def fds_hypergradients(
         check_finite: stop with an ``UnrollError`` naming the step on NaN/inf.
         check_every: steps between finiteness checks (host syncs); default 1 on CPU, 100
             on accelerators (see :func:`forward_unroll`).
+        compile: run the inner steps after the first through ``torch.compile`` (see
+            :func:`forward_unroll`): a one-off compilation, then much less overhead per step.
         progress: tqdm progress bar over the inner steps.
 
     Returns:
@@ -83,6 +86,7 @@ def fds_hypergradients(
             tangents=tangents,
             check_finite=check_finite,
             check_every=check_every,
+            compile=compile,
             progress=progress,
             on_error=problem.describe_error,
         )
