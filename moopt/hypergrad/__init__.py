@@ -63,9 +63,11 @@ copy of its weights under the ``torch.func`` transforms, and its hypergradient i
         losses = torch.stack([loss_a(model, batch), loss_b(model, batch)])
         return torch.func.functional_call(combiner, {"weights": hypers["w"]}, (losses,))
 
-Performance: the per-step cost is dominated by PyTorch's per-operation dispatch through
-three ``torch.func`` levels for small models; on a CPU shared by several processes set
-``torch.set_num_threads`` to the cores you really have (oversubscribed threads slow the
+Performance: for small models the per-step cost is dominated by PyTorch's per-operation
+dispatch through three ``torch.func`` levels; ``compile=True`` (``torch.compile`` of the
+batched tangent step, compiled once and reused across outer steps while shapes stay the
+same) removes most of it after a one-off compilation. On a CPU shared by several processes
+set ``torch.set_num_threads`` to the cores you really have (oversubscribed threads slow the
 batched tangents down by an order of magnitude).
 """
 
