@@ -71,8 +71,8 @@ def fds_hypergradients(
             produces NaN/inf.
     """
     problem = InnerProblem(model, train_loss, val_loss, optimizer, hypers)
-    step, val = problem.make_step()
     state = problem.initial_state()
+    step, val = problem.make_step()
     problem.start_tracking()
     try:
         result = forward_unroll(

@@ -209,7 +209,8 @@ class InnerProblem:
         }
 
     def make_step(self) -> tuple[Callable[..., Any], Callable[[Any], torch.Tensor]]:
-        """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``."""
+        """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``
+        (for the state layout of the last :meth:`initial_state`)."""
         constants = self.constants()
         names = list(self.hypers)
 

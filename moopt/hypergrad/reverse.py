@@ -83,9 +83,8 @@ def reverse_hypergradients(
     """Reverse-mode counterpart of :func:`moopt.hypergrad.fds_hypergradients` (same
     arguments and result); memory grows linearly with the horizon."""
     problem = InnerProblem(model, train_loss, val_loss, optimizer, hypers)
+    state = problem.initial_state()
     step, val = problem.make_step()
-    result = reverse_unroll(
-        step, val, problem.initial_state(), problem.schedules, batches, steps=steps, has_aux=True
-    )
+    result = reverse_unroll(step, val, state, problem.schedules, batches, steps=steps, has_aux=True)
     result.state = problem.finish(result.state)
     return result
