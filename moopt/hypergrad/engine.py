@@ -212,7 +212,8 @@ def batch_source(batches: Batches, steps: int) -> Callable[[int], Any]:
     )
 
 
-def _check_state(state: State) -> tuple[list[torch.Tensor], Any]:
+def check_state(state: State) -> tuple[list[torch.Tensor], Any]:
+    """Flatten ``state``; raise ``TypeError`` unless every leaf is a floating tensor."""
     leaves, spec = tree_flatten(state)
     for leaf in leaves:
         if not isinstance(leaf, torch.Tensor) or not leaf.dtype.is_floating_point:
@@ -291,7 +292,7 @@ def forward_unroll(
         raise ValueError(f"tangents must be one of {list(TANGENT_MODES)}; got {tangents!r}")
     space = HyperSpace(schedules, steps)
     horizon = space.steps
-    leaves, _ = _check_state(state)
+    leaves, _ = check_state(state)
     reference = leaves[0]
     h = space.flat(reference.dtype, reference.device)
     n = space.numel

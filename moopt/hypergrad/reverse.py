@@ -23,6 +23,7 @@ from moopt.hypergrad.engine import (
     StepFn,
     ValFn,
     batch_source,
+    check_state,
     make_result,
 )
 from moopt.hypergrad.optim import InnerOptimizer
@@ -47,7 +48,7 @@ def reverse_unroll(
     """
     space = HyperSpace(schedules, steps)
     horizon = space.steps
-    first = next(iter(torch.utils._pytree.tree_flatten(state)[0]))
+    first = check_state(state)[0][0]
     h = space.flat(first.dtype, first.device)
     get_batch = batch_source(batches, horizon)
     data = [get_batch(t) for t in range(horizon)]
