@@ -224,6 +224,33 @@ def test_window_hypergradients_sum_to_the_shared_one(windows):
     assert abs(float(total - shared.hypergrads["lr"][0])) < 1e-12
 
 
+def test_vector_valued_loss_weights_per_window():
+    """K = 2 weights of moopt.Linear, one pair per window (a (W, K) schedule)."""
+    model, data, val = _setup(6)
+    horizon = 12
+    weights = Schedule(
+        torch.tensor([1.0, 0.4], dtype=DT), steps=horizon, windows=3, shape=(2,), dtype=DT
+    )
+
+    def train_loss(model_fn, batch, hypers):
+        losses = _two_losses(model_fn(batch[0]), batch[1])
+        return torch.func.functional_call(COMBINER, {"weights": hypers["w"]}, (losses,))
+
+    def run(make):
+        return make(
+            model,
+            train_loss,
+            lambda f: ((f(val[0]) - val[1]) ** 2).mean(),
+            SGD(lr=0.2, momentum=0.8),
+            lambda t: (data[0][t], data[1][t]),
+            hypers={"w": weights},
+        )
+
+    fds, rev = run(fds_hypergradients), run(reverse_hypergradients)
+    assert fds.hypergrads["w"].shape == (3, 2)
+    assert _max_rel(fds.hypergrads["w"], rev.hypergrads["w"]) < 1e-8
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     model, data, val = _setup(4)
