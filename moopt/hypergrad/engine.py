@@ -25,7 +25,7 @@ each time) — the cost profile of the reference code — for benchmarks only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -148,7 +148,6 @@ class HypergradResult:
     value_hypergrads: dict[str, torch.Tensor]
     state: Any
     train_losses: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
