@@ -6,6 +6,20 @@ the validation loss at the end together with its exact derivative with respect t
 shared hyperparameter, by forward-mode differentiation through the whole run
 (:func:`moopt.hypergrad.engine.forward_unroll`). The model itself is not modified: the
 trained parameters are in ``result.params``.
+
+Deviations from the official FDS code (github.com/polo5/FDS):
+
+* no hand-derived recursions: the tangents of all hyperparameters are pushed through the
+  whole inner step (loss, gradient, optimizer update) by batched forward-mode AD, so any
+  differentiable hyperparameter works (SGD and Adam hyperparameters, loss weights...) and
+  the result is the exact derivative of the computation that is run;
+* no clamping of Hessian-vector products, gradients or hypergradients (the reference clips
+  them for stability); NaN/inf stops the run with an error naming the step instead;
+* windows need not divide the horizon (sizes then differ by at most one, see
+  :class:`~moopt.hypergrad.schedule.Schedule`);
+* the reference recomputes ``H·Z`` one column at a time; here all N columns go through
+  one vmapped jvp per step (``tangents="columns"`` reproduces the column loop for
+  comparisons).
 """
 
 from __future__ import annotations
