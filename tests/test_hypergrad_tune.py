@@ -50,6 +50,17 @@ def test_sign_step_clamps_into_the_search_range_and_needs_a_step_size():
         SignStep(0.1).step({"a": unbounded}, {})
     with pytest.raises(ValueError, match="fraction"):
         SignStep(fraction=2.0)
+    with pytest.raises(ValueError, match="decay"):
+        SignStep(0.1, decay=0.0)
+
+
+def test_sign_step_decay_factor_and_constant_steps():
+    for kwargs, expected in (({"decay": 0.25}, 0.025), ({"halve_on_flip": False}, 0.1)):
+        schedule = Schedule(0.5, steps=3, dtype=DT)
+        outer = SignStep(0.1, **kwargs)
+        outer.step({"x": schedule}, {"x": torch.ones(1, dtype=DT)})
+        outer.step({"x": schedule}, {"x": -torch.ones(1, dtype=DT)})
+        assert abs(float(outer.gamma["x"][0]) - expected) < 1e-15
 
 
 def test_adam_step_matches_torch_adam_on_the_raw_values():

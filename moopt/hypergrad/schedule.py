@@ -23,7 +23,8 @@ given in value space and clamps the values after every outer update (FDS Appendi
 Windows when W does not divide T: step ``t`` (0-based) belongs to window
 ``floor(t * W / T)``, so the windows are contiguous, cover every step once, and their
 sizes differ by at most one (the larger ones come first: T = 10, W = 3 gives 4, 3, 3).
-W larger than T is an error.
+This is the official FDS code's assignment (``int(W * t / T)``). W larger than T is an
+error.
 """
 
 from __future__ import annotations
