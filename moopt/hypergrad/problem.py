@@ -6,6 +6,10 @@ and ``val(state) -> scalar`` with ``torch.func.functional_call``. Both the forwa
 engine (FDS) and the reverse-mode baseline run exactly this step, so they differentiate
 the same computation.
 
+MDMM multipliers (:class:`moopt.Constraint`) ascend in the inner loop as under
+``torch.optim``: their gradient-negating hook is recognised and its effect applied to the
+functional gradient; any other gradient hook is refused (functional training cannot run it).
+
 The inner state is ``{"params": {...}, "optimizer": {...}}``: the trainable parameters
 (those with ``requires_grad``), packed into one flat vector per dtype and device
 (:class:`FlatLayout`), and the optimizer state in the same layout. Buffers and frozen parameters are
@@ -24,6 +28,7 @@ from torch.func import functional_call, grad_and_value
 
 from moopt.hypergrad.optim import InnerOptimizer
 from moopt.hypergrad.schedule import Schedule
+from moopt.mdmm import _negate
 
 ModelFn = Callable[..., Any]
 TrainLoss = Callable[[ModelFn, Any, Mapping[str, torch.Tensor]], torch.Tensor]
@@ -163,13 +168,23 @@ class InnerProblem:
         self._tracker: _ModuleTracker | None = None
 
     def _trainable(self) -> dict[str, torch.Tensor]:
-        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        if not params:
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if not trainable:
             raise ValueError("model has no parameter with requires_grad=True to train")
-        for name, p in params.items():
+        self.ascent: set[str] = set()
+        for name, p in trainable.items():
             if not p.dtype.is_floating_point:
                 raise TypeError(f"parameter {name!r} must be floating point; got {p.dtype}")
-        return params
+            hooks = list((p._backward_hooks or {}).values())
+            if hooks and all(hook is _negate for hook in hooks):
+                self.ascent.add(name)
+            elif hooks:
+                raise ValueError(
+                    f"parameter {name!r} has a gradient hook, which the functional inner "
+                    "training does not run (it differentiates copies of the parameters). "
+                    "Remove the hook and put its effect into the training loss."
+                )
+        return {n: p.detach() for n, p in trainable.items()}
 
     def initial_state(self) -> dict[str, Any]:
         """``{"params": flat trainable parameters (copies), "optimizer": its init state}``.
@@ -181,6 +196,10 @@ class InnerProblem:
         params = self._trainable()
         self.layout = FlatLayout(params)
         flat = self.layout.flatten(params)
+        signs = {
+            n: torch.full_like(p, -1.0 if n in self.ascent else 1.0) for n, p in params.items()
+        }
+        self._gradient_signs = self.layout.flatten(signs) if self.ascent else None
         return {"params": flat, "optimizer": self.optimizer.init(flat)}
 
     def constants(self) -> dict[str, torch.Tensor]:
@@ -213,6 +232,7 @@ class InnerProblem:
         (for the state layout of the last :meth:`initial_state`)."""
         constants = self.constants()
         names = list(self.hypers)
+        signs = self._gradient_signs
 
         def step(state: Mapping[str, Any], hypers_t: Mapping[str, torch.Tensor], batch: Any):
             loss_hypers = {name: hypers_t[name] for name in names}
@@ -224,6 +244,8 @@ class InnerProblem:
 
             grads, loss = grad_and_value(loss_fn)(state["params"])
             self.stop_tracking()
+            if signs is not None:
+                grads = {key: grad * signs[key] for key, grad in grads.items()}
             params, opt_state = self.optimizer.update(
                 state["params"], state["optimizer"], grads, hypers_t
             )
