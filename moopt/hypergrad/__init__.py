@@ -63,6 +63,11 @@ copy of its weights under the ``torch.func`` transforms, and its hypergradient i
         losses = torch.stack([loss_a(model, batch), loss_b(model, batch)])
         return torch.func.functional_call(combiner, {"weights": hypers["w"]}, (losses,))
 
+MDMM constraints: put the model and the :class:`moopt.MDMM` in one module whose forward
+returns the Lagrangian; the multipliers ascend in the inner loop as under ``torch.optim``,
+and a constraint bound is tuned like a loss weight, by passing it to the MDMM with
+``torch.func.functional_call(mdmm, {"constraints.0.bound": hypers["bound"]}, ...)``.
+
 Performance: for small models the per-step cost is dominated by PyTorch's per-operation
 dispatch through three ``torch.func`` levels; ``compile=True`` (``torch.compile`` of the
 batched tangent step, compiled once and reused across outer steps while shapes stay the
