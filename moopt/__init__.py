@@ -4,7 +4,10 @@
 by the function that needs it.
 """
 
+from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
+from moopt.mdmm import MDMM, Constraint, MDMMOutput
+from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
 # Adaptive loss weighting (issue 3, loss-level methods).
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
@@ -12,10 +15,17 @@ from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chebyshev",
     "Combiner",
+    "Constraint",
     "GradientCombiner",
     "GramianWeighting",
+    "Linear",
     "LossCombiner",
+    "MDMM",
+    "MDMMOutput",
+    "UncertaintyWeighting",
+    "problems",
     "__version__",
     # Adaptive loss weighting (issue 3, loss-level methods).
     "DWA",
