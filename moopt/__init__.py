@@ -6,11 +6,11 @@ by the function that needs it.
 
 from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
-from moopt.mdmm import MDMM, Constraint, MDMMOutput
-from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
 # Adaptive loss weighting (issue 3, loss-level methods).
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
+from moopt.mdmm import MDMM, Constraint, MDMMOutput
+from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
 __version__ = "0.1.0"
 
