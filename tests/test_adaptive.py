@@ -7,11 +7,16 @@ and against TorchJD where it implements the same method (RLW).
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
+from moopt._base import LossCombiner
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
 
 DTYPE = torch.float64
@@ -510,3 +515,43 @@ def test_stateless_reset_and_module_semantics() -> None:
     assert [name for name, _ in FAMO(n_tasks=2).named_parameters()] == ["logits"]
     assert list(DWA(n_tasks=2).parameters()) == []
     assert "temperature=2.0" in repr(DWA(n_tasks=2))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RLW(generator=0),
+        lambda: DWA(n_tasks=3),
+        lambda: FAMO(n_tasks=3),
+        GeometricMean,
+        ScaleInvariant,
+    ],
+    ids=["RLW", "DWA", "FAMO", "GeometricMean", "ScaleInvariant"],
+)
+def test_backward_accumulates_the_gradient_of_the_combined_loss(
+    make: Callable[[], LossCombiner],
+) -> None:
+    theta = torch.tensor([0.2, -0.4, 0.9, 0.3], dtype=DTYPE, requires_grad=True)
+    other = torch.tensor(2.0, dtype=DTYPE, requires_grad=True)
+    expected_combiner, combiner = make().double(), make().double()
+    (expected,) = torch.autograd.grad(expected_combiner(task_losses(theta) * other), theta)
+    theta.grad = torch.ones_like(theta)
+    combiner.backward(task_losses(theta) * other, params=[theta])
+    torch.testing.assert_close(theta.grad, expected + 1)
+    assert other.grad is None  # restricted to params
+
+
+def test_example_trains_every_method(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("sklearn")
+    path = Path(__file__).resolve().parents[1] / "examples" / "adaptive_weighting.py"
+    spec = importlib.util.spec_from_file_location("adaptive_weighting_example", path)
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # dataclasses look the module up
+    spec.loader.exec_module(example)
+    argv = ["--epochs", "3", "--n-train", "256", "--batch-size", "64", "--out", ""]
+    assert example.main(argv) == 0
+    table = capsys.readouterr().out
+    for name in example.METHODS:
+        assert name in table
