@@ -91,6 +91,10 @@ class RLW(LossCombiner):
 
     Attributes:
         last_weights: the weights drawn by the latest call (``None`` before the first).
+
+    Under DDP, give every rank the same int seed so that all ranks draw the same weights
+    (the global RNG may differ between ranks, and then each rank weights its own shard
+    differently).
     """
 
     def __init__(
@@ -190,7 +194,9 @@ class DWA(LossCombiner):
     Every call in training mode (``dwa.train()``, the default) adds the detached losses to
     the running epoch sum; in eval mode (``dwa.eval()``) calls weight the losses but
     record nothing, so validation losses do not leak into the training averages. Pass
-    ``end_epoch(epoch_losses)`` to supply the epoch averages yourself instead.
+    ``end_epoch(epoch_losses)`` to supply the epoch averages yourself instead; under DDP,
+    pass the averages all-reduced across ranks, so that every rank uses the same weights
+    (the recorded ones are per rank).
 
     Follows the official code (github.com/lorenmt/mtan, ``im2im_pred/utils.py``): the
     epoch average is the plain mean of the per-batch losses, and the weighted loss is a
@@ -343,7 +349,8 @@ class FAMO(LossCombiner):
 
     The logits are an ``nn.Parameter`` with ``requires_grad=False``: they are in
     ``parameters()`` and ``state_dict()``, but updated only by :meth:`update`, never by
-    a model optimizer (they never receive a ``.grad``).
+    a model optimizer (they never receive a ``.grad``). Nothing is synchronised across
+    DDP ranks: each rank weights and updates its logits from its own loss values.
 
     Args:
         n_tasks: number of tasks K.
