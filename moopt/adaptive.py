@@ -226,10 +226,10 @@ class DWA(LossCombiner):
         super().__init__(n_tasks=_require_n_tasks(n_tasks, "DWA"))
         self.temperature = check_positive(temperature, "temperature")
         self.register_buffer("weights", torch.ones(n_tasks))
-        self.register_buffer("epoch_loss_sum", torch.zeros(n_tasks, dtype=torch.float64))
+        self.register_buffer("epoch_loss_sum", torch.zeros(n_tasks))
         self.register_buffer("epoch_batches", torch.zeros((), dtype=torch.long))
         # Row 0: average losses of epoch t−2; row 1: of epoch t−1.
-        self.register_buffer("epoch_history", torch.ones(2, n_tasks, dtype=torch.float64))
+        self.register_buffer("epoch_history", torch.ones(2, n_tasks))
         self.register_buffer("epochs_completed", torch.zeros((), dtype=torch.long))
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
@@ -382,11 +382,13 @@ class FAMO(LossCombiner):
         self.eps = check_positive(eps, "eps")
         self.logit_optimizer = check_choice(logit_optimizer, "logit_optimizer", FAMO_OPTIMIZERS)
         if min_losses is None:
-            bounds = torch.zeros(n_tasks, dtype=torch.float64)
+            bounds = torch.zeros(n_tasks)
         else:
             bounds = _as_value_vector(min_losses, n_tasks, "min_losses")
+            if not isinstance(min_losses, torch.Tensor):
+                bounds = bounds.to(torch.get_default_dtype())
         self.logits = nn.Parameter(torch.zeros(n_tasks), requires_grad=False)
-        self.register_buffer("min_losses", bounds.to(torch.float64))
+        self.register_buffer("min_losses", bounds.clone())
         self.register_buffer("adam_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("adam_exp_avg", torch.zeros(n_tasks))
         self.register_buffer("adam_exp_avg_sq", torch.zeros(n_tasks))

@@ -293,7 +293,7 @@ def softmax_vjp(logits: torch.Tensor, cotangent: torch.Tensor) -> torch.Tensor:
 
 
 def test_famo_combined_loss_matches_algorithm_1() -> None:
-    famo = FAMO(n_tasks=3, min_losses=[0.1, 0.0, 0.2]).double()
+    famo = FAMO(n_tasks=3, min_losses=torch.tensor([0.1, 0.0, 0.2], dtype=DTYPE)).double()
     with torch.no_grad():
         famo.logits.copy_(torch.tensor([0.3, -0.5, 0.1], dtype=DTYPE))
     losses = leaf([0.6, 2.0, 0.25])
