@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ def test_adam_step_matches_torch_adam_on_the_raw_values():
 
 
 def _tiny_problem():
-    """An FDS objective that also draws from the global RNG (noise in every batch)."""
+    """An FDS objective that also draws from the global RNGs (noise in every batch)."""
     steps = 8
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(steps, 6, 3, generator=gen, dtype=DT)
@@ -92,6 +93,7 @@ def _tiny_problem():
 
     def objective(k):
         noise = 0.1 * torch.randn(steps, 6, 2, dtype=DT)
+        noise = noise + 0.05 * torch.from_numpy(np.random.standard_normal((steps, 6, 2)))
         return fds_hypergradients(
             model,
             lambda f, b, h: ((f(b[0]) - b[1]) ** 2).mean(),
@@ -109,6 +111,7 @@ class _Interrupt(Exception):
 
 def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     torch.manual_seed(123)
+    np.random.seed(123)
     objective, schedules = _tiny_problem()
     full = tune(objective, schedules, 5, outer=SignStep(fraction=0.2), progress=False)
 
@@ -118,6 +121,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
 
     path = tmp_path / "run.pt"
     torch.manual_seed(123)
+    np.random.seed(123)
     objective, schedules = _tiny_problem()
     with pytest.raises(_Interrupt):
         tune(
@@ -130,6 +134,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
             callback=stop_after_two,
         )
     torch.manual_seed(999)  # whatever happens in between is undone by the checkpoint
+    np.random.seed(999)
     objective, schedules = _tiny_problem()
     resumed = tune(
         objective, schedules, 5, outer=SignStep(fraction=0.2), checkpoint=path, progress=True
