@@ -279,7 +279,10 @@ def forward_unroll(
             ``torch.func`` levels (measured about 5x faster per step on a small CPU MLP)
             after a one-off compilation of tens of seconds; worth it for long horizons and
             repeated outer steps (the compiled graph is reused while shapes stay the same).
-            The step must be compilable; results equal eager ones up to rounding.
+            The step must be compilable; results equal eager ones up to rounding. Each new
+            configuration (N, shapes, dtypes) compiles again; past
+            ``torch._dynamo.config.recompile_limit`` (8) of them in one process, PyTorch
+            falls back to eager execution with a warning.
         progress: show a tqdm progress bar over the inner steps.
         on_error: optional hook turning an exception raised inside step ``t`` into a more
             helpful one (the module-level API names the failing module).
