@@ -308,3 +308,30 @@ def test_compiled_unroll_equals_eager():
             compile=True,
             tangents="columns",
         )
+
+
+def test_dropout_trains_in_train_mode_and_validates_in_eval_mode():
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).to(DT)
+    x = torch.randn(10, 6, 4, generator=gen, dtype=DT)
+    y = torch.randn(10, 6, 3, generator=gen, dtype=DT)
+
+    def run(make):
+        torch.manual_seed(3)  # same dropout masks for both engines
+        return make(
+            model,
+            lambda f, b, h: ((f(b[0]) - b[1]) ** 2).mean(),
+            lambda f: ((f(x[0]) - y[0]) ** 2).mean(),
+            SGD(lr=Schedule(0.1, steps=10, windows=2, dtype=DT), momentum=0.5),
+            lambda t: (x[t], y[t]),
+        )
+
+    fds, rev = run(fds_hypergradients), run(reverse_hypergradients)
+    assert model.training and model[2].training  # modes restored
+    assert _max_rel(fds.hypergrads["lr"], rev.hypergrads["lr"]) < 1e-10
+    model.eval()
+    with torch.no_grad():
+        expected = ((torch.func.functional_call(model, fds.params, (x[0],)) - y[0]) ** 2).mean()
+    model.train()
+    assert abs(float(fds.val_loss) - float(expected)) < 1e-12

@@ -58,7 +58,8 @@ def fds_hypergradients(
         train_loss: ``train_loss(model_fn, batch, hypers) -> scalar``; ``model_fn(*args)``
             runs the model with the current inner parameters, ``hypers`` holds the values
             of ``hypers`` (below) at this step, e.g. ``moopt.Linear(hypers["w"])(losses)``.
-        val_loss: ``val_loss(model_fn) -> scalar``, evaluated after the last step.
+        val_loss: ``val_loss(model_fn) -> scalar``, evaluated after the last step with the
+            model in eval mode (dropout off; every module's mode is restored afterwards).
         optimizer: :class:`SGD`, :class:`Adam` or :class:`AdamW` with fixed numbers and
             :class:`Schedule` hyperparameters.
         batches: a callable ``t -> batch``, a sequence of at least T batches, or an

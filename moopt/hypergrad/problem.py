@@ -19,7 +19,8 @@ constants of the unroll: a module that updates a buffer in place during the trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -116,7 +117,8 @@ class InnerProblem:
         train_loss: ``train_loss(model_fn, batch, hypers) -> scalar``, where ``model_fn``
             calls the model with the current inner parameters and ``hypers`` maps the names
             of ``hypers`` (below) to their values at this step (e.g. loss weights).
-        val_loss: ``val_loss(model_fn) -> scalar``, the criterion at the end of training.
+        val_loss: ``val_loss(model_fn) -> scalar``, the criterion at the end of training,
+            evaluated with the model in eval mode (dropout off; modes restored after).
         optimizer: a functional inner optimizer (:class:`SGD`, :class:`Adam`,
             :class:`AdamW`); its :class:`Schedule` hyperparameters are tuned.
         hypers: extra tuned hyperparameters that enter the training loss, ``{name:
@@ -252,7 +254,8 @@ class InnerProblem:
             return {"params": params, "optimizer": opt_state}, loss
 
         def val(state: Mapping[str, Any]) -> torch.Tensor:
-            loss = self.val_loss(self.bind(state["params"], constants))
+            with _eval_mode(self.model):
+                loss = self.val_loss(self.bind(state["params"], constants))
             _check_scalar(loss, "val_loss")
             return loss
 
@@ -292,6 +295,18 @@ class InnerProblem:
                 "horizons."
             )
         return UnrollError(f"inner step {t} failed{where}: {type(error).__name__}: {text}.{hint}")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode (dropout off) and restore each one's mode after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _check_scalar(loss: object, name: str) -> None:
