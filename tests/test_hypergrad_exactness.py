@@ -225,7 +225,8 @@ def test_window_hypergradients_sum_to_the_shared_one(windows):
 
 
 def test_vector_valued_loss_weights_per_window():
-    """K = 2 weights of moopt.Linear, one pair per window (a (W, K) schedule)."""
+    """K = 2 weights of moopt.Linear, one pair per window (a (W, K) schedule), with
+    per-window learning rates and momenta."""
     model, data, val = _setup(6)
     horizon = 12
     weights = Schedule(
@@ -241,14 +242,19 @@ def test_vector_valued_loss_weights_per_window():
             model,
             train_loss,
             lambda f: ((f(val[0]) - val[1]) ** 2).mean(),
-            SGD(lr=0.2, momentum=0.8),
+            SGD(
+                lr=Schedule(0.2, steps=horizon, windows=4, dtype=DT),
+                momentum=Schedule(0.8, steps=horizon, windows=5, dtype=DT),
+            ),
             lambda t: (data[0][t], data[1][t]),
             hypers={"w": weights},
         )
 
+    # interleaved windows of three schedules: exercises the ordering of tangent columns
     fds, rev = run(fds_hypergradients), run(reverse_hypergradients)
     assert fds.hypergrads["w"].shape == (3, 2)
-    assert _max_rel(fds.hypergrads["w"], rev.hypergrads["w"]) < 1e-8
+    for name in ("w", "lr", "momentum"):
+        assert _max_rel(fds.hypergrads[name], rev.hypergrads[name]) < 1e-8, name
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
