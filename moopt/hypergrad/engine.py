@@ -357,9 +357,9 @@ def forward_unroll(
             try:
                 if compiled is not None and t > 0:
                     state, tangent, loss = compiled(state, tangent, h_dot, table[t], batch)
-                elif tangents == "batched":
+                elif tangents == "batched" and active > 1:
                     state, tangent, loss = batched(state, tangent, h_dot, t, batch)
-                else:
+                else:  # one column at a time (a single column needs no vmap)
                     columns = []
                     for k in range(active):
                         column = tree_map(lambda x, k=k: x[k], tangent)
