@@ -58,6 +58,7 @@ copy of its weights under the ``torch.func`` transforms, and its hypergradient i
 
     combiner = moopt.Linear([1.0, 1.0])
     weights = Schedule(torch.tensor([1.0, 0.5]), steps=T, shape=(2,), bounds=(0.0, 1.0))
+    # ... fds_hypergradients(..., hypers={"w": weights})
 
     def train_loss(model, batch, hypers):
         losses = torch.stack([loss_a(model, batch), loss_b(model, batch)])
