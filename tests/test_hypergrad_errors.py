@@ -102,6 +102,11 @@ def test_nan_during_the_unroll_names_the_step():
     optimizer = SGD(lr=Schedule(0.1, steps=T, dtype=DT))
     with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
         fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches)
+    # checked every 5 steps (as on accelerators): found late, still named exactly
+    with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
+        fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches, check_every=5)
+    with pytest.raises(ValueError, match="check_every must be a positive int"):
+        fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches, check_every=0)
 
 
 def test_divergence_names_the_step():
@@ -222,8 +227,15 @@ def test_low_level_engine_checks_state_and_losses():
 
     with pytest.raises(TypeError, match="floating-point tensor"):
         forward_unroll(step, lambda s: s["x"], {"x": torch.tensor(1)}, {"lr": lr}, range(3))
+    state = {"x": torch.tensor(1.0, dtype=DT)}
     with pytest.raises(TypeError, match="batches must be"):
-        forward_unroll(step, lambda s: s["x"], {"x": torch.tensor(1.0, dtype=DT)}, {"lr": lr}, 3)
+        forward_unroll(step, lambda s: s["x"], state, {"lr": lr}, 3)
+    with pytest.raises(TypeError, match="batches must be"):
+        forward_unroll(step, lambda s: s["x"], state, {"lr": lr}, torch.tensor(1.0))
+    with pytest.raises(ValueError, match="holds 2 batches"):
+        forward_unroll(step, lambda s: s["x"], state, {"lr": lr}, torch.zeros(2, 5))
+    result = forward_unroll(step, lambda s: s["x"], state, {"lr": lr}, torch.zeros(3, 5))
+    assert abs(float(result.hypergrads["lr"]) + 3 * 0.9**2) < 1e-12
     with pytest.raises(TypeError, match="train_loss must return a scalar tensor"):
         _run(_mlp(), train_loss=lambda f, b, h: 1.0)
     with pytest.raises(ValueError, match="train_loss must return a scalar"):

@@ -222,3 +222,122 @@ def test_window_hypergradients_sum_to_the_shared_one(windows):
     )
     total = split.hypergrads["lr"].sum()
     assert abs(float(total - shared.hypergrads["lr"][0])) < 1e-12
+
+
+def test_vector_valued_loss_weights_per_window():
+    """K = 2 weights of moopt.Linear, one pair per window (a (W, K) schedule), with
+    per-window learning rates and momenta."""
+    model, data, val = _setup(6)
+    horizon = 12
+    weights = Schedule(
+        torch.tensor([1.0, 0.4], dtype=DT), steps=horizon, windows=3, shape=(2,), dtype=DT
+    )
+
+    def train_loss(model_fn, batch, hypers):
+        losses = _two_losses(model_fn(batch[0]), batch[1])
+        return torch.func.functional_call(COMBINER, {"weights": hypers["w"]}, (losses,))
+
+    def run(make):
+        return make(
+            model,
+            train_loss,
+            lambda f: ((f(val[0]) - val[1]) ** 2).mean(),
+            SGD(
+                lr=Schedule(0.2, steps=horizon, windows=4, dtype=DT),
+                momentum=Schedule(0.8, steps=horizon, windows=5, dtype=DT),
+            ),
+            lambda t: (data[0][t], data[1][t]),
+            hypers={"w": weights},
+        )
+
+    # interleaved windows of three schedules: exercises the ordering of tangent columns
+    fds, rev = run(fds_hypergradients), run(reverse_hypergradients)
+    assert fds.hypergrads["w"].shape == (3, 2)
+    for name in ("w", "lr", "momentum"):
+        assert _max_rel(fds.hypergrads[name], rev.hypergrads[name]) < 1e-8, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    model, data, val = _setup(4)
+    horizon = 10
+
+    def run(device):
+        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
+        net.load_state_dict(model.state_dict())
+        net.to(device)
+        x, y = (d.to(device) for d in data)
+        xv, yv = (v.to(device) for v in val)
+        optimizer = SGD(lr=Schedule(0.1, steps=horizon, windows=2, dtype=DT), momentum=0.9)
+        return fds_hypergradients(
+            net,
+            _train_loss,
+            lambda f: ((f(xv) - yv) ** 2).mean(),
+            optimizer,
+            lambda t: (x[t], y[t]),
+        )
+
+    cpu, cuda = run("cpu"), run("cuda")
+    assert cuda.state["params"]["0.weight"].device.type == "cuda"
+    torch.testing.assert_close(cuda.hypergrads["lr"], cpu.hypergrads["lr"], rtol=1e-9, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_unroll_equals_eager():
+    model, data, val = _setup(5)
+    horizon = 8
+
+    def run(compile):
+        optimizer = SGD(
+            lr=Schedule(0.1, steps=horizon, windows=3, dtype=DT),
+            momentum=Schedule(0.6, steps=horizon, dtype=DT),
+        )
+        return fds_hypergradients(
+            model,
+            _train_loss,
+            lambda f: ((f(val[0]) - val[1]) ** 2).mean(),
+            optimizer,
+            lambda t: (data[0][t], data[1][t]),
+            compile=compile,
+        )
+
+    eager, compiled = run(False), run(True)
+    for name in ("lr", "momentum"):
+        assert _max_rel(compiled.hypergrads[name], eager.hypergrads[name]) < 1e-10
+    with pytest.raises(ValueError, match='compile=True needs tangents="batched"'):
+        fds_hypergradients(
+            model,
+            _train_loss,
+            lambda f: f(val[0]).sum(),
+            SGD(lr=Schedule(0.1, steps=horizon, dtype=DT)),
+            lambda t: (data[0][t], data[1][t]),
+            compile=True,
+            tangents="columns",
+        )
+
+
+def test_dropout_trains_in_train_mode_and_validates_in_eval_mode():
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).to(DT)
+    x = torch.randn(10, 6, 4, generator=gen, dtype=DT)
+    y = torch.randn(10, 6, 3, generator=gen, dtype=DT)
+
+    def run(make):
+        torch.manual_seed(3)  # same dropout masks for both engines
+        return make(
+            model,
+            lambda f, b, h: ((f(b[0]) - b[1]) ** 2).mean(),
+            lambda f: ((f(x[0]) - y[0]) ** 2).mean(),
+            SGD(lr=Schedule(0.1, steps=10, windows=2, dtype=DT), momentum=0.5),
+            lambda t: (x[t], y[t]),
+        )
+
+    fds, rev = run(fds_hypergradients), run(reverse_hypergradients)
+    assert model.training and model[2].training  # modes restored
+    assert _max_rel(fds.hypergrads["lr"], rev.hypergrads["lr"]) < 1e-10
+    model.eval()
+    with torch.no_grad():
+        expected = ((torch.func.functional_call(model, fds.params, (x[0],)) - y[0]) ** 2).mean()
+    model.train()
+    assert abs(float(fds.val_loss) - float(expected)) < 1e-12

@@ -68,6 +68,11 @@ def test_bounds_clamp_values_after_updates():
     log_schedule.raw = torch.tensor([5.0])
     log_schedule.project_()
     assert abs(float(log_schedule.values()[0]) - 1.0) < 1e-6
+    unbounded_log = Schedule(0.1, steps=4, transform="log")
+    unbounded_log.set_values(0.0)  # kept strictly inside the domain: raw stays finite
+    assert bool(torch.isfinite(unbounded_log.raw).all()) and float(unbounded_log.values()[0]) > 0
+    with pytest.raises(ValueError, match="outside the search range"):
+        Schedule(1.5, steps=4, bounds=(0.0, 1.0))
     with pytest.raises(ValueError, match="low < high"):
         Schedule(0.5, steps=4, bounds=(1.0, 0.0))
     with pytest.raises(TypeError, match="pair"):

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -50,6 +51,17 @@ def test_sign_step_clamps_into_the_search_range_and_needs_a_step_size():
         SignStep(0.1).step({"a": unbounded}, {})
     with pytest.raises(ValueError, match="fraction"):
         SignStep(fraction=2.0)
+    with pytest.raises(ValueError, match="decay"):
+        SignStep(0.1, decay=0.0)
+
+
+def test_sign_step_decay_factor_and_constant_steps():
+    for kwargs, expected in (({"decay": 0.25}, 0.025), ({"halve_on_flip": False}, 0.1)):
+        schedule = Schedule(0.5, steps=3, dtype=DT)
+        outer = SignStep(0.1, **kwargs)
+        outer.step({"x": schedule}, {"x": torch.ones(1, dtype=DT)})
+        outer.step({"x": schedule}, {"x": -torch.ones(1, dtype=DT)})
+        assert abs(float(outer.gamma["x"][0]) - expected) < 1e-15
 
 
 def test_adam_step_matches_torch_adam_on_the_raw_values():
@@ -67,7 +79,7 @@ def test_adam_step_matches_torch_adam_on_the_raw_values():
 
 
 def _tiny_problem():
-    """An FDS objective that also draws from the global RNG (noise in every batch)."""
+    """An FDS objective that also draws from the global RNGs (noise in every batch)."""
     steps = 8
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(steps, 6, 3, generator=gen, dtype=DT)
@@ -81,6 +93,7 @@ def _tiny_problem():
 
     def objective(k):
         noise = 0.1 * torch.randn(steps, 6, 2, dtype=DT)
+        noise = noise + 0.05 * torch.from_numpy(np.random.standard_normal((steps, 6, 2)))
         return fds_hypergradients(
             model,
             lambda f, b, h: ((f(b[0]) - b[1]) ** 2).mean(),
@@ -98,6 +111,7 @@ class _Interrupt(Exception):
 
 def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     torch.manual_seed(123)
+    np.random.seed(123)
     objective, schedules = _tiny_problem()
     full = tune(objective, schedules, 5, outer=SignStep(fraction=0.2), progress=False)
 
@@ -107,6 +121,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
 
     path = tmp_path / "run.pt"
     torch.manual_seed(123)
+    np.random.seed(123)
     objective, schedules = _tiny_problem()
     with pytest.raises(_Interrupt):
         tune(
@@ -119,6 +134,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
             callback=stop_after_two,
         )
     torch.manual_seed(999)  # whatever happens in between is undone by the checkpoint
+    np.random.seed(999)
     objective, schedules = _tiny_problem()
     resumed = tune(
         objective, schedules, 5, outer=SignStep(fraction=0.2), checkpoint=path, progress=True
@@ -164,6 +180,9 @@ def test_tune_rejects_bad_arguments():
         tune(objective, schedules, 0)
     with pytest.raises(TypeError, match="OuterOptimizer"):
         tune(objective, schedules, 1, outer=torch.optim.SGD)
+    unbounded = {"a": Schedule(0.0, steps=8, dtype=DT)}
+    with pytest.raises(ValueError, match="no finite search range"):
+        tune(lambda k: pytest.fail("ran an inner run"), unbounded, 1, progress=False)
     with pytest.raises(TypeError, match="HypergradResult"):
         tune(lambda k: 1.0, schedules, 1, outer=SignStep(0.1), progress=False)
 

@@ -51,6 +51,30 @@ Layers:
   :func:`reverse_hypergradients` (memory linear in T; for checks and short horizons).
 * :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`.
 * :mod:`~moopt.hypergrad.tune` — :func:`tune`, :class:`History` (checkpoint/resume, plot).
+
+Loss weights of a combiner: build the combiner once and pass the per-step weights with
+``torch.func.functional_call`` (a combiner constructed *inside* the loss stores a detached
+copy of its weights under the ``torch.func`` transforms, and its hypergradient is zero)::
+
+    combiner = moopt.Linear([1.0, 1.0])
+    weights = Schedule(torch.tensor([1.0, 0.5]), steps=T, shape=(2,), bounds=(0.0, 1.0))
+    # ... fds_hypergradients(..., hypers={"w": weights})
+
+    def train_loss(model, batch, hypers):
+        losses = torch.stack([loss_a(model, batch), loss_b(model, batch)])
+        return torch.func.functional_call(combiner, {"weights": hypers["w"]}, (losses,))
+
+MDMM constraints: put the model and the :class:`moopt.MDMM` in one module whose forward
+returns the Lagrangian; the multipliers ascend in the inner loop as under ``torch.optim``,
+and a constraint bound is tuned like a loss weight, by passing it to the MDMM with
+``torch.func.functional_call(mdmm, {"constraints.0.bound": hypers["bound"]}, ...)``.
+
+Performance: for small models the per-step cost is dominated by PyTorch's per-operation
+dispatch through three ``torch.func`` levels; ``compile=True`` (``torch.compile`` of the
+batched tangent step, compiled once and reused across outer steps while shapes stay the
+same) removes most of it after a one-off compilation. On a CPU shared by several processes
+set ``torch.set_num_threads`` to the cores you really have (oversubscribed threads slow the
+batched tangents down by an order of magnitude).
 """
 
 from moopt.hypergrad.engine import HypergradResult, HyperSpace, UnrollError, forward_unroll

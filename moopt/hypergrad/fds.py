@@ -6,6 +6,20 @@ the validation loss at the end together with its exact derivative with respect t
 shared hyperparameter, by forward-mode differentiation through the whole run
 (:func:`moopt.hypergrad.engine.forward_unroll`). The model itself is not modified: the
 trained parameters are in ``result.params``.
+
+Deviations from the official FDS code (github.com/polo5/FDS):
+
+* no hand-derived recursions: the tangents of all hyperparameters are pushed through the
+  whole inner step (loss, gradient, optimizer update) by batched forward-mode AD, so any
+  differentiable hyperparameter works (SGD and Adam hyperparameters, loss weights...) and
+  the result is the exact derivative of the computation that is run;
+* no clamping of Hessian-vector products, gradients or hypergradients (the reference clips
+  them for stability); NaN/inf stops the run with an error naming the step instead;
+* windows need not divide the horizon (sizes then differ by at most one, see
+  :class:`~moopt.hypergrad.schedule.Schedule`);
+* the reference recomputes ``H·Z`` one column at a time; here all N columns go through
+  one vmapped jvp per step (``tangents="columns"`` reproduces the column loop for
+  comparisons).
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ def fds_hypergradients(
     steps: int | None = None,
     tangents: str = "batched",
     check_finite: bool = True,
+    check_every: int | None = None,
+    compile: bool = False,
     progress: bool = False,
 ) -> HypergradResult:
     """Validation loss after T inner steps and its FDS hypergradients.
@@ -42,7 +58,8 @@ def fds_hypergradients(
         train_loss: ``train_loss(model_fn, batch, hypers) -> scalar``; ``model_fn(*args)``
             runs the model with the current inner parameters, ``hypers`` holds the values
             of ``hypers`` (below) at this step, e.g. ``moopt.Linear(hypers["w"])(losses)``.
-        val_loss: ``val_loss(model_fn) -> scalar``, evaluated after the last step.
+        val_loss: ``val_loss(model_fn) -> scalar``, evaluated after the last step with the
+            model in eval mode (dropout off; every module's mode is restored afterwards).
         optimizer: :class:`SGD`, :class:`Adam` or :class:`AdamW` with fixed numbers and
             :class:`Schedule` hyperparameters.
         batches: a callable ``t -> batch``, a sequence of at least T batches, or an
@@ -51,6 +68,10 @@ def fds_hypergradients(
         steps: the horizon T (default: the schedules' ``steps``; all must agree).
         tangents: ``"batched"`` (default) or ``"columns"`` (see :func:`forward_unroll`).
         check_finite: stop with an ``UnrollError`` naming the step on NaN/inf.
+        check_every: steps between finiteness checks (host syncs); default 1 on CPU, 100
+            on accelerators (see :func:`forward_unroll`).
+        compile: run the inner steps after the first through ``torch.compile`` (see
+            :func:`forward_unroll`): a one-off compilation, then much less overhead per step.
         progress: tqdm progress bar over the inner steps.
 
     Returns:
@@ -65,8 +86,8 @@ def fds_hypergradients(
             produces NaN/inf.
     """
     problem = InnerProblem(model, train_loss, val_loss, optimizer, hypers)
-    step, val = problem.make_step()
     state = problem.initial_state()
+    step, val = problem.make_step()
     problem.start_tracking()
     try:
         result = forward_unroll(
@@ -79,6 +100,8 @@ def fds_hypergradients(
             has_aux=True,
             tangents=tangents,
             check_finite=check_finite,
+            check_every=check_every,
+            compile=compile,
             progress=progress,
             on_error=problem.describe_error,
         )

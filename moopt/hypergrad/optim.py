@@ -62,13 +62,16 @@ def sgd(
     new_params: Tensors = {}
     buffers: Tensors = {}
     step = state["step"]
-    started = (step > 0).to(step.dtype)
+    # torch sets the buffer to the gradient at the first step: with a zero buffer this is
+    # the general update with the dampening switched off (``started`` = 0).
+    grad_scale = None if _is_zero(dampening) else 1 - dampening * (step > 0).to(step.dtype)
     for name, param in params.items():
         grad = grads[name]
         if not _is_zero(weight_decay):
             grad = grad + weight_decay * param
         if use_momentum:
-            buf = momentum * state["momentum_buffer"][name] + (1 - dampening * started) * grad
+            scaled = grad if grad_scale is None else grad_scale * grad
+            buf = momentum * state["momentum_buffer"][name] + scaled
             buffers[name] = buf
             grad = grad + momentum * buf if nesterov else buf
         new_params[name] = param - lr * grad

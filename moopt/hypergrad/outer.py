@@ -34,6 +34,9 @@ class OuterOptimizer:
         """Update the schedules from the hypergradients of their ``raw`` tensors."""
         raise NotImplementedError
 
+    def validate(self, schedules: Mapping[str, Schedule]) -> None:
+        """Raise before any inner run if the schedules cannot be updated (default: no check)."""
+
     def state_dict(self) -> dict[str, object]:
         """Internal state, for checkpoints."""
         raise NotImplementedError
@@ -85,21 +88,37 @@ class SignStep(OuterOptimizer):
 
     For every scalar hyperparameter λ (every entry of every window)::
 
-        γ ← γ / 2                 if sign(g_k) = −sign(g_{k−1}) ≠ 0
+        γ ← decay·γ               if sign(g_k) = −sign(g_{k−1}) ≠ 0     (decay = 1/2)
         λ ← clamp(λ − γ·sign(g_k), low, high)
+
+    As in the official code (``lr_step_decay`` etc.), with these differences: the initial
+    step defaults to ``fraction`` of the search range instead of a per-hyperparameter
+    argument; the previous sign is the last *non-zero* one (the official code also stores
+    a zero sign, so that a zero hypergradient hides the next flip); values are clamped into
+    the search range; and the hypergradient is not divided by the number of steps per
+    window (the sign does not change).
 
     Args:
         step_sizes: initial step γ: one number for all, or ``{name: number}``; a schedule
             not listed starts at ``fraction`` of its search range (in raw space).
         fraction: see ``step_sizes`` (default 0.1, i.e. a tenth of the range).
-        halve_on_flip: halve γ of an entry when its hypergradient's sign flips.
+        halve_on_flip: multiply γ of an entry by ``decay`` when its hypergradient's sign
+            flips (``False``: constant steps).
+        decay: the factor applied on a sign flip (default 0.5: halving).
     """
 
     def __init__(
-        self, step_sizes: StepSizes = None, *, fraction: float = 0.1, halve_on_flip: bool = True
+        self,
+        step_sizes: StepSizes = None,
+        *,
+        fraction: float = 0.1,
+        halve_on_flip: bool = True,
+        decay: float = 0.5,
     ) -> None:
         if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
             raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
+        if not (isinstance(decay, (int, float)) and 0 < decay <= 1):
+            raise ValueError(f"decay must be in (0, 1]; got {decay!r}")
         if step_sizes is not None and not isinstance(step_sizes, (int, float, Mapping)):
             raise TypeError(
                 f"step_sizes must be a number or a mapping name -> number; got "
@@ -108,8 +127,15 @@ class SignStep(OuterOptimizer):
         self.step_sizes = step_sizes
         self.fraction = float(fraction)
         self.halve_on_flip = bool(halve_on_flip)
+        self.decay = float(decay)
         self.gamma: dict[str, torch.Tensor] = {}
         self.previous_sign: dict[str, torch.Tensor] = {}
+
+    def validate(self, schedules: Mapping[str, Schedule]) -> None:
+        """Check that every schedule has an initial step (given, or from its search range)."""
+        for name, schedule in schedules.items():
+            if name not in self.gamma:
+                _step_size_for(name, schedule, self.step_sizes, self.fraction)
 
     def step(
         self, schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]
@@ -125,7 +151,7 @@ class SignStep(OuterOptimizer):
             previous = self.previous_sign[name].to(schedule.raw)
             if self.halve_on_flip:
                 flipped = sign * previous < 0
-                gamma = torch.where(flipped, gamma / 2, gamma)
+                gamma = torch.where(flipped, gamma * self.decay, gamma)
             self.gamma[name] = gamma
             self.previous_sign[name] = torch.where(sign != 0, sign, previous)
             schedule.raw = schedule.raw - gamma * sign

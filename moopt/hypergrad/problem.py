@@ -6,6 +6,10 @@ and ``val(state) -> scalar`` with ``torch.func.functional_call``. Both the forwa
 engine (FDS) and the reverse-mode baseline run exactly this step, so they differentiate
 the same computation.
 
+MDMM multipliers (:class:`moopt.Constraint`) ascend in the inner loop as under
+``torch.optim``: their gradient-negating hook is recognised and its effect applied to the
+functional gradient; any other gradient hook is refused (functional training cannot run it).
+
 The inner state is ``{"params": {...}, "optimizer": {...}}``: the trainable parameters
 (those with ``requires_grad``), packed into one flat vector per dtype and device
 (:class:`FlatLayout`), and the optimizer state in the same layout. Buffers and frozen parameters are
@@ -15,7 +19,8 @@ constants of the unroll: a module that updates a buffer in place during the trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -24,6 +29,7 @@ from torch.func import functional_call, grad_and_value
 
 from moopt.hypergrad.optim import InnerOptimizer
 from moopt.hypergrad.schedule import Schedule
+from moopt.mdmm import _negate
 
 ModelFn = Callable[..., Any]
 TrainLoss = Callable[[ModelFn, Any, Mapping[str, torch.Tensor]], torch.Tensor]
@@ -111,7 +117,8 @@ class InnerProblem:
         train_loss: ``train_loss(model_fn, batch, hypers) -> scalar``, where ``model_fn``
             calls the model with the current inner parameters and ``hypers`` maps the names
             of ``hypers`` (below) to their values at this step (e.g. loss weights).
-        val_loss: ``val_loss(model_fn) -> scalar``, the criterion at the end of training.
+        val_loss: ``val_loss(model_fn) -> scalar``, the criterion at the end of training,
+            evaluated with the model in eval mode (dropout off; modes restored after).
         optimizer: a functional inner optimizer (:class:`SGD`, :class:`Adam`,
             :class:`AdamW`); its :class:`Schedule` hyperparameters are tuned.
         hypers: extra tuned hyperparameters that enter the training loss, ``{name:
@@ -163,13 +170,23 @@ class InnerProblem:
         self._tracker: _ModuleTracker | None = None
 
     def _trainable(self) -> dict[str, torch.Tensor]:
-        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        if not params:
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        if not trainable:
             raise ValueError("model has no parameter with requires_grad=True to train")
-        for name, p in params.items():
+        self.ascent: set[str] = set()
+        for name, p in trainable.items():
             if not p.dtype.is_floating_point:
                 raise TypeError(f"parameter {name!r} must be floating point; got {p.dtype}")
-        return params
+            hooks = list((p._backward_hooks or {}).values())
+            if hooks and all(hook is _negate for hook in hooks):
+                self.ascent.add(name)
+            elif hooks:
+                raise ValueError(
+                    f"parameter {name!r} has a gradient hook, which the functional inner "
+                    "training does not run (it differentiates copies of the parameters). "
+                    "Remove the hook and put its effect into the training loss."
+                )
+        return {n: p.detach() for n, p in trainable.items()}
 
     def initial_state(self) -> dict[str, Any]:
         """``{"params": flat trainable parameters (copies), "optimizer": its init state}``.
@@ -181,6 +198,10 @@ class InnerProblem:
         params = self._trainable()
         self.layout = FlatLayout(params)
         flat = self.layout.flatten(params)
+        signs = {
+            n: torch.full_like(p, -1.0 if n in self.ascent else 1.0) for n, p in params.items()
+        }
+        self._gradient_signs = self.layout.flatten(signs) if self.ascent else None
         return {"params": flat, "optimizer": self.optimizer.init(flat)}
 
     def constants(self) -> dict[str, torch.Tensor]:
@@ -209,9 +230,11 @@ class InnerProblem:
         }
 
     def make_step(self) -> tuple[Callable[..., Any], Callable[[Any], torch.Tensor]]:
-        """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``."""
+        """Return the pure ``step(state, hypers_t, batch) -> (state, loss)`` and ``val``
+        (for the state layout of the last :meth:`initial_state`)."""
         constants = self.constants()
         names = list(self.hypers)
+        signs = self._gradient_signs
 
         def step(state: Mapping[str, Any], hypers_t: Mapping[str, torch.Tensor], batch: Any):
             loss_hypers = {name: hypers_t[name] for name in names}
@@ -223,13 +246,16 @@ class InnerProblem:
 
             grads, loss = grad_and_value(loss_fn)(state["params"])
             self.stop_tracking()
+            if signs is not None:
+                grads = {key: grad * signs[key] for key, grad in grads.items()}
             params, opt_state = self.optimizer.update(
                 state["params"], state["optimizer"], grads, hypers_t
             )
             return {"params": params, "optimizer": opt_state}, loss
 
         def val(state: Mapping[str, Any]) -> torch.Tensor:
-            loss = self.val_loss(self.bind(state["params"], constants))
+            with _eval_mode(self.model):
+                loss = self.val_loss(self.bind(state["params"], constants))
             _check_scalar(loss, "val_loss")
             return loss
 
@@ -269,6 +295,18 @@ class InnerProblem:
                 "horizons."
             )
         return UnrollError(f"inner step {t} failed{where}: {type(error).__name__}: {text}.{hint}")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode (dropout off) and restore each one's mode after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _check_scalar(loss: object, name: str) -> None:

@@ -23,6 +23,7 @@ from moopt.hypergrad.engine import (
     StepFn,
     ValFn,
     batch_source,
+    check_state,
     make_result,
 )
 from moopt.hypergrad.optim import InnerOptimizer
@@ -47,7 +48,7 @@ def reverse_unroll(
     """
     space = HyperSpace(schedules, steps)
     horizon = space.steps
-    first = next(iter(torch.utils._pytree.tree_flatten(state)[0]))
+    first = check_state(state)[0][0]
     h = space.flat(first.dtype, first.device)
     get_batch = batch_source(batches, horizon)
     data = [get_batch(t) for t in range(horizon)]
@@ -83,9 +84,8 @@ def reverse_hypergradients(
     """Reverse-mode counterpart of :func:`moopt.hypergrad.fds_hypergradients` (same
     arguments and result); memory grows linearly with the horizon."""
     problem = InnerProblem(model, train_loss, val_loss, optimizer, hypers)
+    state = problem.initial_state()
     step, val = problem.make_step()
-    result = reverse_unroll(
-        step, val, problem.initial_state(), problem.schedules, batches, steps=steps, has_aux=True
-    )
+    result = reverse_unroll(step, val, state, problem.schedules, batches, steps=steps, has_aux=True)
     result.state = problem.finish(result.state)
     return result

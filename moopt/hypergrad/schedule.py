@@ -23,7 +23,8 @@ given in value space and clamps the values after every outer update (FDS Appendi
 Windows when W does not divide T: step ``t`` (0-based) belongs to window
 ``floor(t * W / T)``, so the windows are contiguous, cover every step once, and their
 sizes differ by at most one (the larger ones come first: T = 10, W = 3 gives 4, 3, 3).
-W larger than T is an error.
+This is the official FDS code's assignment (``int(W * t / T)``). W larger than T is an
+error.
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ class Schedule:
                 f"init must be {_DOMAIN_TEXT[transform]} for transform={transform!r}; "
                 f"got {values.tolist()}"
             )
+        low, high = self.bounds
+        if (low is not None and bool((values < low).any())) or (
+            high is not None and bool((values > high).any())
+        ):
+            raise ValueError(f"init {values.tolist()} lies outside the search range {bounds}")
         self.raw = _inverse(transform, values).detach().clone()
         self.window_of = window_index(steps, windows)
 
@@ -209,24 +215,20 @@ class Schedule:
         self.raw = _inverse(self.transform, self.clamp_values(tensor)).detach().clone()
 
     def clamp_values(self, values: torch.Tensor) -> torch.Tensor:
-        """Clamp value-space ``values`` into ``bounds`` (and the transform's domain)."""
+        """Clamp value-space ``values`` into ``bounds`` and strictly inside the transform's
+        domain (``> 0`` for log/softplus, ``(0, 1)`` for sigmoid), so that ``raw`` is finite."""
         low, high = self.bounds
         if low is not None or high is not None:
             values = values.clamp(min=low, max=high)
+        if self.transform != "identity":
+            values = values.clamp(min=torch.finfo(values.dtype).tiny)
+        if self.transform == "sigmoid":
+            values = values.clamp(max=1 - torch.finfo(values.dtype).eps)
         return values
 
     def project_(self) -> None:
         """Clamp the current values into ``bounds`` in place (after an outer update)."""
-        low, high = self.bounds
-        if low is None and high is None:
-            return
-        values = self.clamp_values(self.values())
-        if self.transform != "identity":
-            tiny = torch.finfo(values.dtype).tiny
-            values = values.clamp(min=tiny)
-            if self.transform == "sigmoid":
-                values = values.clamp(max=1 - torch.finfo(values.dtype).eps)
-        self.raw = _inverse(self.transform, values).detach().clone()
+        self.raw = _inverse(self.transform, self.clamp_values(self.values())).detach().clone()
 
     def to(self, device: torch.device | str) -> Schedule:
         """Move ``raw`` to ``device`` (in place) and return ``self``."""

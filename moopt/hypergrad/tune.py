@@ -95,9 +95,11 @@ class History:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The global RNG states, as tensors and plain containers (``weights_only`` loadable)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
         "random": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -107,7 +109,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["random"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -176,11 +179,12 @@ def tune(
     outer = SignStep() if outer is None else outer
     if not isinstance(outer, OuterOptimizer):
         raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
+    outer.validate(schedules)
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
     start = 0
     if path is not None and path.exists():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, weights_only=True)
         if sorted(saved["schedules"]) != sorted(schedules):
             raise ValueError(
                 f"checkpoint {str(path)!r} holds schedules {sorted(saved['schedules'])}; "
