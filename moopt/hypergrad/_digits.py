@@ -35,7 +35,7 @@ from moopt.hypergrad.outer import SignStep
 from moopt.hypergrad.schedule import Schedule, window_index
 from moopt.hypergrad.tune import History, tune
 
-#: FDS search ranges (value space); the sign step starts at a tenth of each.
+#: FDS search ranges (value space); the sign step starts at a fraction of each.
 LR_RANGE = (0.0, 1.0)
 MOMENTUM_RANGE = (0.0, 0.99)
 WEIGHT_DECAY_RANGE = (0.0, 0.01)
@@ -100,16 +100,20 @@ class DigitsSetup:
         """Cross-entropy on the whole validation split."""
         return F.cross_entropy(model_fn(self.val.x), self.val.y)
 
-    def evaluate(self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None):
-        """``(validation loss, test accuracy)`` of ``model`` (or of ``params`` in it)."""
+    def evaluate(
+        self, model: nn.Module, params: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[float, float, float]:
+        """``(validation loss, test accuracy, test loss)`` of ``model`` (or of ``params``)."""
         with torch.no_grad():
 
             def run(x: torch.Tensor) -> torch.Tensor:
                 return model(x) if params is None else functional_call(model, dict(params), (x,))
 
             val = float(F.cross_entropy(run(self.val.x), self.val.y))
-            accuracy = float((run(self.test.x).argmax(1) == self.test.y).float().mean())
-        return val, accuracy
+            logits = run(self.test.x)
+            accuracy = float((logits.argmax(1) == self.test.y).float().mean())
+            test_loss = float(F.cross_entropy(logits, self.test.y))
+        return val, accuracy, test_loss
 
     def train_sgd(
         self, lr: torch.Tensor | float, momentum: float, weight_decay: float
@@ -138,6 +142,7 @@ class SearchOutcome:
     runs: int
     val_loss: float
     test_accuracy: float
+    test_loss: float
     hyperparameters: dict[str, Any]
     seconds: float
     val_losses: list[float] = field(default_factory=list)
@@ -150,11 +155,12 @@ def fds_search(
     windows: int = 10,
     progress: bool = False,
     checkpoint: str | None = None,
+    fraction: float = 0.2,
 ) -> SearchOutcome:
     """FDS from zero: ``windows`` learning rates, one momentum, one weight decay.
 
     ``runs`` outer steps (each one forward-mode training run of T steps); the sign step
-    with halving (FDS Appendix G) starts at a tenth of each search range. The reported run
+    with halving (FDS Appendix G) starts at ``fraction`` of each search range. The reported run
     is the one with the lowest validation loss among the ``runs`` inner runs.
     """
     steps = setup.steps
@@ -181,7 +187,7 @@ def fds_search(
         objective,
         schedules,
         runs,
-        outer=SignStep(),
+        outer=SignStep(fraction=fraction),
         checkpoint=checkpoint,
         progress=progress,
         callback=keep_best,
@@ -191,12 +197,13 @@ def fds_search(
     values = {name: history.values[name][step] for name in schedules}
     if best.get("step") != step:  # the best run happened before a resume: train it again
         best["params"] = _replay(setup, values)
-    _, accuracy = setup.evaluate(model, best["params"])
+    _, accuracy, test_loss = setup.evaluate(model, best["params"])
     return SearchOutcome(
         method=f"FDS ({windows}-window lr, momentum, weight decay)",
         runs=runs,
         val_loss=history.val_losses[step],
         test_accuracy=accuracy,
+        test_loss=test_loss,
         hyperparameters={
             "lr": [round(float(v), 4) for v in values["lr"]],
             "momentum": round(float(values["momentum"][0]), 4),
@@ -245,17 +252,19 @@ def hd_search(
             x, y = setup.batch(t)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-        val, accuracy = setup.evaluate(model)
+        val, accuracy, test_loss = setup.evaluate(model)
         val = val if math.isfinite(val) else math.inf
         losses.append(val)
         if val < best["val"]:
             final_lr = optimizer.param_groups[0]["lr"]
-            best.update(val=val, accuracy=accuracy, hyper_lr=hyper_lr, final_lr=final_lr)
+            best.update(val=val, accuracy=accuracy, test_loss=test_loss, hyper_lr=hyper_lr)
+            best["final_lr"] = final_lr
     return SearchOutcome(
         method=f"greedy HD (SGD, momentum {momentum})",
         runs=len(hyper_lrs),
         val_loss=best["val"],
         test_accuracy=best.get("accuracy", math.nan),
+        test_loss=best.get("test_loss", math.nan),
         hyperparameters={
             "hyper_lr": best.get("hyper_lr"),
             "final_lr": round(float(best.get("final_lr", math.nan)), 4),
@@ -273,15 +282,15 @@ def random_search(setup: DigitsSetup, runs: int = 10, seed: int = 0) -> SearchOu
     except ImportError as error:
         raise ImportError("random search needs optuna: pip install 'moopt[bench]'") from error
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    accuracies: dict[int, float] = {}
+    scores: dict[int, tuple[float, float]] = {}
 
     def objective(trial: Any) -> float:
         lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
         momentum = trial.suggest_float("momentum", 0.0, 0.99)
         weight_decay = trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
         model = setup.train_sgd(lr, momentum, weight_decay)
-        val, accuracy = setup.evaluate(model)
-        accuracies[trial.number] = accuracy
+        val, accuracy, test_loss = setup.evaluate(model)
+        scores[trial.number] = (accuracy, test_loss)
         return val if math.isfinite(val) else 1e9
 
     start = time.perf_counter()
@@ -292,8 +301,19 @@ def random_search(setup: DigitsSetup, runs: int = 10, seed: int = 0) -> SearchOu
         method="random search (Optuna RandomSampler)",
         runs=runs,
         val_loss=float(best.value),
-        test_accuracy=accuracies[best.number],
+        test_accuracy=scores[best.number][0],
+        test_loss=scores[best.number][1],
         hyperparameters={k: round(v, 6) for k, v in best.params.items()},
         seconds=time.perf_counter() - start,
         val_losses=[float(t.value) for t in study.trials],
     )
+
+
+def format_table(outcomes: list[SearchOutcome]) -> str:
+    """One line per tuner: validation loss, test loss and accuracy, seconds, hyperparameters."""
+    header = f"{'method':<44}{'val loss':>9}{'test loss':>10}{'test acc':>9}{'seconds':>8}"
+    lines = [header + "  hyperparameters"]
+    for o in outcomes:
+        scores = f"{o.val_loss:>9.4f}{o.test_loss:>10.4f}{o.test_accuracy:>9.4f}{o.seconds:>8.0f}"
+        lines.append(f"{o.method:<44}{scores}  {o.hyperparameters}")
+    return "\n".join(lines)
