@@ -179,8 +179,9 @@ class Diagnosis:
         ]
         for stretch in self.stretches:
             methods = sorted({front.methods[i] for i in stretch.indices})
+            where = self._range(stretch.low, stretch.high)
             lines.append(
-                f"- Losses {pair} trade off concavely where {self._range(stretch.low, stretch.high)}: "
+                f"- Losses {pair} trade off concavely where {where}: "
                 f"{len(stretch.indices)} points found there (by {', '.join(methods)}) are "
                 "reachable by no linear weight, even with perfect optimisation. "
                 "Use epsilon (or chebyshev) there."
