@@ -135,3 +135,26 @@ def test_trace_needs_n_objectives_for_a_function():
 def test_training_function_returning_wrong_losses_is_named():
     with pytest.raises(RuntimeError, match="expected 2"):
         trace(lambda run: [0.0, 0.0, 0.0], methods="linear", n_points=2, n_objectives=2)
+
+
+def test_diagnosis_marks_the_linear_gap_as_unsupported(concave_sweep):
+    _, front = concave_sweep
+    diagnosis = front.diagnose()
+    eps = front.methods == "epsilon"
+    interior = eps & (front.losses > 0.05).all(axis=1)
+    assert interior.sum() >= 7
+    assert diagnosis.unsupported[interior].all()
+    assert not diagnosis.unsupported[front.methods == "linear"].any()
+    assert diagnosis.gaps and sum(g.unsupported_inside for g in diagnosis.gaps) >= interior.sum()
+    report = str(diagnosis)
+    assert "concavely" in report and "use epsilon" in report.lower()
+
+
+def test_convex_circle_diagnosis_reports_nothing_unsupported():
+    front = trace(
+        ProblemTraining(Circle(convex=True), steps=300), methods=["linear", "epsilon"], n_points=6
+    )
+    diagnosis = front.diagnose()
+    assert not diagnosis.unsupported.any()
+    assert not diagnosis.failed and not diagnosis.gaps
+    assert "linear weights suffice" in str(diagnosis)
