@@ -46,9 +46,15 @@ def test_linear_sweep_finds_only_the_ends(concave_sweep):
     assert linear.hypervolume(REF) <= 0.6 * hypervolume(exact, REF)
 
 
-def test_convex_circle_both_sweeps_reach_their_exact_points():
+@pytest.fixture(scope="module")
+def convex_sweep():
     problem = Circle(convex=True)
     front = trace(ProblemTraining(problem, steps=300), methods=["linear", "epsilon"], n_points=11)
+    return problem, front
+
+
+def test_convex_circle_both_sweeps_reach_their_exact_points(convex_sweep):
+    problem, front = convex_sweep
     eps = front.select("epsilon")
     exact_eps = _exact_epsilon(problem, eps)
     assert eps.hypervolume(REF) >= 0.99 * hypervolume(exact_eps, REF)
@@ -81,14 +87,14 @@ def test_user_training_function_with_seeds_and_warm_start():
         warm = run.warm_start(theta)
         calls.append((run.method, warm))
         opt = torch.optim.Adam(run.parameters(theta), lr=0.05)
-        for _ in range(200):
+        for _ in range(100):
             opt.zero_grad()
             run.loss(problem.losses(theta.weight[0])).backward()
             opt.step()
         return problem.losses(theta.weight[0]).detach()
 
-    front = trace(train, methods=["epsilon"], n_points=4, seeds=[3, 4], n_objectives=2)
-    assert len(front.select("anchor")) == 4 and len(front.select("epsilon")) == 8
+    front = trace(train, methods=["epsilon"], n_points=3, seeds=[3, 4], n_objectives=2)
+    assert len(front.select("anchor")) == 4 and len(front.select("epsilon")) == 6
     assert set(front.seeds.tolist()) == {3, 4}
     assert all(warm for method, warm in calls if method == "epsilon")
     assert not any(warm for method, warm in calls if method == "anchor")
@@ -150,10 +156,8 @@ def test_diagnosis_marks_the_linear_gap_as_unsupported(concave_sweep):
     assert "concavely" in report and "use epsilon" in report.lower()
 
 
-def test_convex_circle_diagnosis_reports_nothing_unsupported():
-    front = trace(
-        ProblemTraining(Circle(convex=True), steps=300), methods=["linear", "epsilon"], n_points=6
-    )
+def test_convex_circle_diagnosis_reports_nothing_unsupported(convex_sweep):
+    _, front = convex_sweep
     diagnosis = front.diagnose()
     assert not diagnosis.unsupported.any()
     assert not diagnosis.failed and not diagnosis.gaps
