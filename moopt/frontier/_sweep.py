@@ -395,7 +395,9 @@ def trace(
         n_objectives: K; required for a training function without an ``n_objectives``
             attribute.
         executor: any ``concurrent.futures.Executor`` (``ProcessPoolExecutor``, a Dask
-            ``Client.get_executor()``, ...). Default: run in this process.
+            ``Client.get_executor()``, ...). Default: run in this process. Prefer
+            processes to threads: each run calls ``torch.manual_seed``, and threads share
+            torch's global generator.
         store: a directory (or :class:`PointStore`) where each finished point is written
             at once; a re-run skips finished points and resumes half-finished chains.
         batched: run the points of a task as one batch through ``target.train_batch``
