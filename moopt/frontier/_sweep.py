@@ -414,6 +414,15 @@ def trace(
     Returns:
         A :class:`~moopt.frontier.Front` of every run (anchors included), with the
         target's analytic front as reference when it has one.
+
+    The ε-constraint method is Haimes, Lasdon & Wismer (1971); textbook versions solve
+    each bounded problem to optimality with a constrained solver from a fixed start.
+    Deviations here: each bounded problem is trained by gradient descent-ascent on the
+    damped Lagrangian (MDMM) with each constraint scaled by ``1/(nadir_j − ideal_j)``;
+    runs are warm-started along ε (continuation); the ε range comes from single-task
+    anchors with a small weight ``δ`` on the other losses (an augmented payoff table, so
+    each anchor is Pareto-optimal rather than weakly so); the Chebyshev ideal point is the
+    anchors' ideal, not shifted to a utopia point.
     """
     train, n_obj, default_fingerprint = _resolve_target(target, n_objectives)
     chosen = _as_methods(methods)
