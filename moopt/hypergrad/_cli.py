@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default="moopt_tune_schedules.png", help="schedule plot path")
     parser.add_argument("--outer-steps", type=_positive_int, default=6, help="outer steps")
-    parser.add_argument("--steps", type=_positive_int, default=400, help="horizon T (inner steps)")
+    parser.add_argument("--steps", type=_positive_int, default=300, help="horizon T (inner steps)")
     parser.add_argument("--windows", type=_positive_int, default=10, help="lr schedule windows")
     parser.add_argument("--hidden", type=_positive_int, default=64, help="MLP hidden width")
     parser.add_argument("--seed", type=int, default=0, help="data split, batches and init seed")
