@@ -10,7 +10,7 @@ with the usual grid of 11 fixed weights α ∈ {0, 0.1, …, 1} given the same n
 training runs (11). Both pick their run by the validation criterion; the table reports
 it and the same criterion on the test set.
 
-Run: ``python examples/fds_loss_weights.py [--out fds_loss_weights.png]``
+Run: ``MPLBACKEND=Agg PYTHONPATH=. python examples/fds_loss_weights.py``
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ FDS differentiates the expected loss after the whole run of T = 250 steps (exact
 NQM's moment recursion is deterministic) with respect to a 10-window learning-rate and
 momentum schedule, and finds a schedule whose final loss is far lower.
 
-Run: ``python examples/short_horizon_bias.py [--out short_horizon_bias.png]``
+Run: ``MPLBACKEND=Agg PYTHONPATH=. python examples/short_horizon_bias.py``
 """
 
 from __future__ import annotations
