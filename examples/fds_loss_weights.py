@@ -43,7 +43,6 @@ class TwoTaskSetup:
         generator = torch.Generator().manual_seed(seed)
         self.indices = torch.randint(len(self.x), (steps, batch_size), generator=generator)
         self.steps, self.hidden, self.seed = steps, hidden, seed
-        self.combiner = moopt.Linear([0.5, 0.5])
 
     def model(self) -> nn.Module:
         with torch.random.fork_rng():
@@ -60,12 +59,10 @@ class TwoTaskSetup:
         idx = self.indices[t]
         return self.x[idx], self.y[idx]
 
-    def weighted(self, losses: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """``moopt.Linear([1 − α, α])(losses)``; ``functional_call`` swaps in the weights so
-        that their forward-mode tangents flow (constructing ``Linear`` from a tensor under
-        ``torch.func.jvp`` would store a detached copy)."""
-        weights = torch.stack([1 - alpha, alpha])
-        return functional_call(self.combiner, {"weights": weights}, (losses,))
+    @staticmethod
+    def weighted(losses: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """``moopt.Linear([1 − α, α])(losses)``, differentiable in α (also in forward mode)."""
+        return moopt.Linear(torch.stack([1 - alpha, alpha]))(losses)
 
     def evaluate(self, model: nn.Module, params=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Task losses on the validation and on the test set."""
@@ -139,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--momentum", type=float, default=0.9)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
     criterion = CRITERIA[args.criterion]
     setup = TwoTaskSetup(args.steps)
 
@@ -167,4 +163,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # one thread: steadier timings on a shared machine
     raise SystemExit(main())

@@ -60,3 +60,29 @@ def test_setup_is_deterministic_and_validates():
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="steps"):
         DigitsSetup.create(steps=0)
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_horizon_example_runs(tmp_path, capsys):
+    out = tmp_path / "shb.png"
+    argv = ["--steps", "20", "--windows", "2", "--outer-steps", "2", "--out", str(out)]
+    assert _example("short_horizon_bias").main(argv) == 0
+    assert out.exists() and "ratio greedy / FDS" in capsys.readouterr().out
+
+
+def test_loss_weights_example_runs(tmp_path, capsys):
+    out = tmp_path / "lw.png"
+    argv = ["--steps", "8", "--windows", "2", "--criterion", "mean", "--out", str(out)]
+    assert _example("fds_loss_weights").main(argv) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "grid of 11 fixed α" in printed and "FDS" in printed
