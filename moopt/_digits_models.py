@@ -220,7 +220,9 @@ class DigitsVAE(nn.Module):
         super().__init__()
         for name, value in (("n_in", n_in), ("hidden", hidden), ("latent", latent)):
             _check_int(value, name)
-        self.encoder = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent))
+        self.encoder = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent)
+        )
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, n_in))
 
     def losses(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -315,9 +317,7 @@ class VAETraining:
         generator = torch.Generator().manual_seed(12345)
         with torch.no_grad():
             draws = [
-                model.losses(
-                    data.x, torch.randn(len(data.x), self.latent, generator=generator)
-                )
+                model.losses(data.x, torch.randn(len(data.x), self.latent, generator=generator))
                 for _ in range(self.eval_samples)
             ]
         return torch.stack(draws).mean(0)
