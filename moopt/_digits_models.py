@@ -99,8 +99,9 @@ def multi_digits_losses(model: BottleneckNet, x: torch.Tensor, labels: list[torc
 class MultiDigitsTraining:
     """Train a :class:`BottleneckNet` on MultiDigits for one run of a sweep.
 
-    Full-batch Adam for ``steps`` steps at learning rate ``lr`` (with a cosine decay to
-    ``lr * final_lr_fraction``) on ``run.loss([CE_left, CE_right])``; the model's initial
+    Adam for ``steps`` steps on minibatches of ``batch_size`` composites drawn with
+    replacement (the draws seeded by ``run.seed``), at learning rate ``lr`` with a cosine
+    decay to ``lr * final_lr_fraction``, on ``run.loss([CE_left, CE_right])``; the initial
     weights come from ``torch.manual_seed(run.seed)`` (or from the neighbour run in an
     ε chain, through ``run.warm_start``). Returns the two cross-entropies on the training
     set (``evaluate_on="train"``, the objective the optimizer saw, which is what the
@@ -114,8 +115,9 @@ class MultiDigitsTraining:
 
     def __init__(
         self,
-        steps: int = 400,
+        steps: int = 600,
         lr: float = 1e-2,
+        batch_size: int = 256,
         hidden: int = 32,
         bottleneck: int = 2,
         head_hidden: int = 16,
@@ -127,6 +129,7 @@ class MultiDigitsTraining:
     ) -> None:
         self.steps = _check_int(steps, "steps")
         self.lr = check_positive(lr, "lr")
+        self.batch_size = _check_int(batch_size, "batch_size")
         self.hidden = _check_int(hidden, "hidden")
         self.bottleneck = _check_int(bottleneck, "bottleneck")
         self.head_hidden = _check_int(head_hidden, "head_hidden", minimum=0)
@@ -138,7 +141,8 @@ class MultiDigitsTraining:
 
     def __repr__(self) -> str:
         return (
-            f"MultiDigitsTraining(steps={self.steps}, lr={self.lr}, hidden={self.hidden}, "
+            f"MultiDigitsTraining(steps={self.steps}, lr={self.lr}, "
+            f"batch_size={self.batch_size}, hidden={self.hidden}, "
             f"bottleneck={self.bottleneck}, head_hidden={self.head_hidden}, "
             f"n_train={self.n_train}, n_test={self.n_test}, data_seed={self.data_seed}, "
             f"evaluate_on={self.evaluate_on!r}, final_lr_fraction={self.final_lr_fraction})"
@@ -161,7 +165,6 @@ class MultiDigitsTraining:
     def fit(self, run: object) -> BottleneckNet:
         """Train a model for ``run`` and return it."""
         train, _ = self.data()
-        labels = [train.y_left, train.y_right]
         torch.manual_seed(int(run.seed))
         model = self.build_model()
         run.warm_start(model)
@@ -172,9 +175,12 @@ class MultiDigitsTraining:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        batches = torch.Generator().manual_seed(int(run.seed))
         for _ in range(self.steps):
+            index = torch.randint(len(train.x), (self.batch_size,), generator=batches)
+            labels = [train.y_left[index], train.y_right[index]]
             optimizer.zero_grad()
-            run.loss(multi_digits_losses(model, train.x, labels)).backward()
+            run.loss(multi_digits_losses(model, train.x[index], labels)).backward()
             optimizer.step()
             schedule.step()
         return model
