@@ -43,6 +43,18 @@ def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def _optimizer(run: object, model: nn.Module, lr: float, multiplier_lr: float | None):
+    """Adam over the model and the run's combiner (MDMM multipliers), which may get
+    their own learning rate ``multiplier_lr`` (default: ``lr``)."""
+    if multiplier_lr is None:
+        return torch.optim.Adam(run.parameters(model), lr=lr)
+    combiner = list(run.combiner.parameters())
+    groups = [{"params": list(model.parameters())}]
+    if combiner:
+        groups.append({"params": combiner, "lr": multiplier_lr})
+    return torch.optim.Adam(groups, lr=lr)
+
+
 class BottleneckNet(nn.Module):
     """Shared trunk ``144 → hidden (ReLU) → bottleneck (tanh)`` and one head per task.
 
@@ -126,6 +138,7 @@ class MultiDigitsTraining:
         data_seed: int = 0,
         evaluate_on: str = "train",
         final_lr_fraction: float = 0.1,
+        multiplier_lr: float | None = None,
     ) -> None:
         self.steps = _check_int(steps, "steps")
         self.lr = check_positive(lr, "lr")
@@ -138,6 +151,9 @@ class MultiDigitsTraining:
         self.data_seed = _check_int(data_seed, "data_seed", minimum=0)
         self.evaluate_on = _check_choice(evaluate_on, "evaluate_on", ("train", "test"))
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
+        self.multiplier_lr = (
+            None if multiplier_lr is None else check_positive(multiplier_lr, "multiplier_lr")
+        )
 
     def __repr__(self) -> str:
         return (
@@ -145,7 +161,8 @@ class MultiDigitsTraining:
             f"batch_size={self.batch_size}, hidden={self.hidden}, "
             f"bottleneck={self.bottleneck}, head_hidden={self.head_hidden}, "
             f"n_train={self.n_train}, n_test={self.n_test}, data_seed={self.data_seed}, "
-            f"evaluate_on={self.evaluate_on!r}, final_lr_fraction={self.final_lr_fraction})"
+            f"evaluate_on={self.evaluate_on!r}, final_lr_fraction={self.final_lr_fraction}, "
+            f"multiplier_lr={self.multiplier_lr})"
         )
 
     def fingerprint(self) -> str:
@@ -168,7 +185,7 @@ class MultiDigitsTraining:
         torch.manual_seed(int(run.seed))
         model = self.build_model()
         run.warm_start(model)
-        optimizer = torch.optim.Adam(run.parameters(model), lr=self.lr)
+        optimizer = _optimizer(run, model, self.lr, self.multiplier_lr)
         floor = self.final_lr_fraction
 
         def factor(step: int) -> float:
@@ -273,6 +290,7 @@ class VAETraining:
         evaluate_on: str = "train",
         eval_samples: int = 8,
         final_lr_fraction: float = 0.05,
+        multiplier_lr: float | None = 0.5,
     ) -> None:
         self.steps = _check_int(steps, "steps")
         self.lr = check_positive(lr, "lr")
@@ -282,13 +300,16 @@ class VAETraining:
         self.evaluate_on = _check_choice(evaluate_on, "evaluate_on", ("train", "val"))
         self.eval_samples = _check_int(eval_samples, "eval_samples")
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
+        self.multiplier_lr = (
+            None if multiplier_lr is None else check_positive(multiplier_lr, "multiplier_lr")
+        )
 
     def __repr__(self) -> str:
         return (
             f"VAETraining(steps={self.steps}, lr={self.lr}, hidden={self.hidden}, "
             f"latent={self.latent}, split_seed={self.split_seed}, "
             f"evaluate_on={self.evaluate_on!r}, eval_samples={self.eval_samples}, "
-            f"final_lr_fraction={self.final_lr_fraction})"
+            f"final_lr_fraction={self.final_lr_fraction}, multiplier_lr={self.multiplier_lr})"
         )
 
     def fingerprint(self) -> str:
@@ -301,7 +322,7 @@ class VAETraining:
         torch.manual_seed(int(run.seed))
         model = DigitsVAE(hidden=self.hidden, latent=self.latent)
         run.warm_start(model)
-        optimizer = torch.optim.Adam(run.parameters(model), lr=self.lr)
+        optimizer = _optimizer(run, model, self.lr, self.multiplier_lr)
         floor = self.final_lr_fraction
 
         def factor(step: int) -> float:

@@ -1,0 +1,74 @@
+"""Digits VAE: rate against distortion, the control case with a convex front.
+
+A small Gaussian-latent VAE (``moopt._digits_models.DigitsVAE``) on scikit-learn's 8×8
+digits has two losses: the rate ``R = KL(q(z|x) ‖ N(0, I))`` and the distortion
+``D = −E_q log p(x|z)`` (nats per image). The β-VAE objective ``D + β·R`` is a linear
+scalarization; its optimal trade-offs form the rate–distortion curve, which is convex
+(Alemi et al. 2018, "Fixing a Broken ELBO"), so linear weights can reach every point of
+it.
+
+We trace it two ways with ``moopt.frontier.trace``:
+
+* ``linear`` — minimise ``w·R + (1 − w)·D``, i.e. a β-VAE with ``β = w / (1 − w)``;
+* ``epsilon`` — minimise the rate subject to ``D ≤ ε`` through MDMM (the constrained
+  form of GECO, Rezende & Viola 2018), ε swept along a warm-started chain.
+
+What to look for: both sweeps lie on one convex curve, up to optimisation noise, and the
+diagnosis reports no unsupported (concave) stretch — unlike MultiDigits or the concave
+toy problems.
+
+Run: ``python examples/digits_vae.py`` (about a minute on 2 CPU cores; the sweep is stored
+under ``--out`` so a re-run resumes). Writes ``digits_vae.png`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=7, help="weights / ε values per method")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per point")
+    parser.add_argument("--steps", type=int, default=600, help="Adam steps per run")
+    parser.add_argument("--workers", type=int, default=2, help="process pool size (0: inline)")
+    parser.add_argument("--out", default="digits-vae-out", help="output directory")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from moopt._digits_models import VAETraining
+    from moopt.frontier import trace
+
+    torch.set_num_threads(1)
+    os.makedirs(args.out, exist_ok=True)
+    pool = concurrent.futures.ProcessPoolExecutor(args.workers) if args.workers else None
+    try:
+        front = trace(
+            VAETraining(steps=args.steps),
+            methods=["linear", "epsilon"],
+            n_points=args.points,
+            seeds=args.seeds,
+            executor=pool,
+            store=os.path.join(args.out, "store"),
+            loss_names=["rate (nats)", "distortion (nats)"],
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    front.save(os.path.join(args.out, "front.json"))
+    print(front.table())
+    print()
+    print(front.diagnose())
+    figure = front.plot(title="Digits VAE: rate vs distortion (training set)")
+    path = os.path.join(args.out, "digits_vae.png")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    print(f"\nfigure: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
