@@ -1,0 +1,62 @@
+"""Trace, score, diagnose and plot the achievable Pareto front of a training setup.
+
+Usage on a toy problem (moopt trains it with plain ``torch.optim``)::
+
+    from moopt.problems import Circle
+    from moopt.frontier import trace
+
+    front = trace(Circle(), methods=["linear", "epsilon"], n_points=11, seeds=2)
+    print(front.hypervolume([1.1, 1.1]), front.igd())
+    print(front.diagnose())            # says where linear weights cannot reach, in words
+    front.plot().savefig("front.png")
+
+On a real model, write a training function: a configured combiner in (``run``), the final
+task losses out::
+
+    def train(run):                      # run: moopt.frontier.Run
+        model = Net()                    # trace has called torch.manual_seed(run.seed)
+        run.warm_start(model)            # ε chains start from the neighbour's weights
+        opt = torch.optim.Adam(run.parameters(model), lr=1e-3)   # + MDMM multipliers
+        for x, y in loader:
+            opt.zero_grad()
+            run.loss(torch.stack([loss_a(model, x, y), loss_b(model, x, y)])).backward()
+            opt.step()
+        return [val_loss_a(model), val_loss_b(model)]
+
+    front = trace(train, methods=["linear", "chebyshev", "epsilon"], n_objectives=2,
+                  seeds=3, store="sweeps/mine", executor=ProcessPoolExecutor(4))
+
+Beyond one machine, give a Dask executor (``pip install 'moopt[dist]'``)::
+
+    from dask.distributed import Client
+    with Client("scheduler-address:8786") as client:
+        front = trace(train, ..., executor=client.get_executor(), store="/shared/sweep")
+
+Each finished run is written at once to the store; re-running the same call skips them.
+"""
+
+from moopt.frontier._config import METHODS, PointConfig, epsilon_grid, simplex_lattice
+from moopt.frontier._sweep import InlineExecutor, trace
+from moopt.frontier.front import Front
+from moopt.frontier.indicators import hypervolume, igd, igd_plus, nondominated_mask
+from moopt.frontier.run import Run
+from moopt.frontier.store import PointRecord, PointStore
+from moopt.frontier.training import ProblemTraining
+
+__all__ = [
+    "METHODS",
+    "Front",
+    "InlineExecutor",
+    "PointConfig",
+    "PointRecord",
+    "PointStore",
+    "ProblemTraining",
+    "Run",
+    "epsilon_grid",
+    "hypervolume",
+    "igd",
+    "igd_plus",
+    "nondominated_mask",
+    "simplex_lattice",
+    "trace",
+]
