@@ -35,7 +35,6 @@ from moopt.frontier._config import (
     ANCHOR,
     METHODS,
     PointConfig,
-    epsilon_grid,
     simplex_lattice,
 )
 from moopt.frontier.front import Front
@@ -156,10 +155,11 @@ def run_task(task: _Task) -> tuple[list[PointRecord], list[dict | None] | None]:
     """Run (or load from the store) every point of a task; store each one at once.
 
     Returns the records (chain by chain, in order) and, when ``task.return_state``, the
-    final trained state of each chain.
+    trained state after each step of each chain (``None`` where the store kept none).
     """
     n_chains = len(task.chains)
     records: list[list[PointRecord]] = [[] for _ in range(n_chains)]
+    history: list[list[dict | None]] = [[] for _ in range(n_chains)]
     states = list(task.init_states)
     stored_key: list[str | None] = [None] * n_chains
     longest = max((len(chain) for chain in task.chains), default=0)
@@ -173,6 +173,8 @@ def run_task(task: _Task) -> tuple[list[PointRecord], list[dict | None] | None]:
             if done is not None:
                 records[c].append(done)
                 stored_key[c], states[c] = key, None
+                if task.return_state:
+                    history[c].append(task.store.state(key))
                 continue
             if stored_key[c] is not None:
                 states[c] = task.store.state(stored_key[c])
@@ -194,12 +196,10 @@ def run_task(task: _Task) -> tuple[list[PointRecord], list[dict | None] | None]:
                 task.store.put(record, state)
             records[c].append(record)
             states[c] = state
-    if not task.return_state:
-        return [r for chain in records for r in chain], None
-    for c in range(n_chains):
-        if stored_key[c] is not None:
-            states[c] = task.store.state(stored_key[c])
-    return [r for chain in records for r in chain], states
+            if task.return_state:
+                history[c].append(state)
+    flat = [r for chain in records for r in chain]
+    return flat, (history if task.return_state else None)
 
 
 def _resolve_target(target: object, n_objectives: int | None) -> tuple[TrainFn, int, str]:
@@ -470,21 +470,20 @@ def trace(
     ideal_given = _bounds(ideal, None, "ideal", n_obj)
     nadir_given = _bounds(nadir, None, "nadir", n_obj)
     records: list[PointRecord] = []
-    anchor_state: dict[tuple[int, int], dict | None] = {}
+    anchor_state: dict[tuple[int, tuple[float, ...]], dict | None] = {}
     ideal_found = nadir_found = None
     if any(m != "linear" for m in chosen):
+        anchor_weights = [_anchor_weights(n_obj, k, float(anchor_weight)) for k in range(n_obj)]
         anchors = [
-            [PointConfig(ANCHOR, seed, weights=_anchor_weights(n_obj, k, float(anchor_weight)))]
-            for seed in seed_list
-            for k in range(n_obj)
+            [PointConfig(ANCHOR, seed, weights=w)] for seed in seed_list for w in anchor_weights
         ]
         anchor_tasks = make_tasks(anchors, return_state=True)
         for task, (task_records, states) in zip(
             anchor_tasks, _submit_all(executor, anchor_tasks, progress)
         ):
             records.extend(task_records)
-            for chain, state in zip(task.chains, states):
-                anchor_state[(chain[0].seed, int(np.argmax(chain[0].weights)))] = state
+            for chain, history in zip(task.chains, states):
+                anchor_state[(chain[0].seed, chain[0].weights)] = history[-1]
         anchor_losses = np.array([r.losses for r in records])
         ideal_found = anchor_losses.min(axis=0)
         nadir_found = anchor_losses.max(axis=0)
@@ -494,17 +493,6 @@ def trace(
     tasks: list[_Task] = []
     for method in chosen:
         if method == "epsilon":
-            chains, init_states, scales = _epsilon_chains(
-                seed_list,
-                n_obj,
-                objective,
-                n_points,
-                chains_given,
-                ideal_used,
-                nadir_used,
-                anchor_state,
-            )
-            tasks.extend(make_tasks(chains, init_states, scales))
             continue
         configs = [
             [
@@ -520,8 +508,23 @@ def trace(
             for w in weight_grid
         ]
         tasks.extend(make_tasks(configs))
-    for task_records, _ in _submit_all(executor, tasks, progress):
-        records.extend(task_records)
+    phases = []
+    if "epsilon" in chosen:
+        other = _anchor_weights(n_obj, 1 - objective, float(anchor_weight)) if n_obj == 2 else None
+        starts = {seed: anchor_state.get((seed, other)) for seed in seed_list}
+        phases = _EpsilonPhases(
+            seed_list, n_obj, objective, n_points, chains_given, ideal_used, nadir_used, starts
+        )
+    first = phases.next_round() if phases else None
+    round_tasks = tasks + ([] if first is None else make_tasks(*first, return_state=True))
+    while round_tasks:
+        results = _submit_all(executor, round_tasks, progress)
+        for task, (task_records, history) in zip(round_tasks, results):
+            records.extend(task_records)
+            if phases and history is not None:
+                phases.finished(task.chains, history)
+        following = phases.next_round() if phases else None
+        round_tasks = [] if following is None else make_tasks(*following, return_state=True)
     reference = None
     if hasattr(train, "reference_front"):
         reference = train.reference_front(200 if n_obj == 2 else 30)
@@ -535,50 +538,115 @@ def trace(
     )
 
 
-def _epsilon_chains(
-    seed_list: list[int],
-    n_obj: int,
-    objective: int,
-    n_points: int,
-    chains_given: list[np.ndarray] | None,
-    ideal: np.ndarray,
-    nadir: np.ndarray,
-    anchor_state: dict,
-) -> tuple[list[list[PointConfig]], list[dict | None], tuple[float, ...]]:
-    """The ε chains (per seed and grid row), their starting states and constraint scales."""
-    constrained = [j for j in range(n_obj) if j != objective]
-    span = nadir - ideal
-    if chains_given is None:
-        if np.any(span[constrained] <= 1e-12 * (1 + np.abs(nadir[constrained]))):
-            warnings.warn(
-                "the anchors give an empty range for some constrained loss "
-                f"(ideal {ideal.tolist()}, nadir {nadir.tolist()}); pass nadir= explicitly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        grid = epsilon_grid(ideal[constrained], nadir[constrained], n_points)
-    else:
-        grid = chains_given
-    start = constrained[-1]
-    scales = tuple(1.0 / s if s > 0 and math.isfinite(s) else 1.0 for s in span)
-    chains, init_states = [], []
-    for seed in seed_list:
-        for c, rows in enumerate(grid):
-            chain = []
-            for step, row in enumerate(rows):
-                bounds: list[float | None] = [None] * n_obj
-                for j, value in zip(constrained, row):
-                    bounds[j] = float(value)
-                chain.append(
-                    PointConfig(
-                        "epsilon",
-                        seed,
-                        epsilon=tuple(bounds),
-                        objective=objective,
-                        chain=c,
-                        step=step,
-                    )
+class _EpsilonPhases:
+    """The ε grid as rounds of warm-started chains (continuation over a K−1 grid).
+
+    With m constrained losses and n bounds per loss, grid point ``(i_0, …, i_{m−1})``
+    (index 0 the tightest bound) is computed in phase p, the last axis where its index is
+    non-zero. Phase 0 is one chain per seed along axis 0 (the others tightest). With K = 2
+    it starts from the anchor of the constrained loss, which is the solution of its first,
+    tightest bound. With K ≥ 3 its first run starts from the seed's own initialisation:
+    the single-task anchors sit at corners of the front where, on concave fronts, the
+    objective can have no first-order grip (they are stationary in the parameters of
+    DTLZ-type problems), while from an interior start the tight bounds pull the run to
+    the corner where every constrained loss is least. Phase p runs, from each
+    point computed before, a chain along axis p (indices 1…n−1). Every chain of a phase is
+    independent: phase p has ``n^p`` chains per seed, run in parallel. Explicit
+    ``epsilons`` chains are one phase, each chain started like phase 0.
+    """
+
+    def __init__(
+        self,
+        seed_list: list[int],
+        n_obj: int,
+        objective: int,
+        n_points: int,
+        chains_given: list[np.ndarray] | None,
+        ideal: np.ndarray,
+        nadir: np.ndarray,
+        starts: dict[int, dict | None],
+    ) -> None:
+        self.n_obj = n_obj
+        self.objective = objective
+        self.constrained = [j for j in range(n_obj) if j != objective]
+        span = nadir - ideal
+        self.scales = tuple(1.0 / s if s > 0 and math.isfinite(s) else 1.0 for s in span)
+        self.seed_list = seed_list
+        self.given = chains_given
+        if chains_given is None:
+            c = self.constrained
+            if np.any(span[c] <= 1e-12 * (1 + np.abs(nadir[c]))):
+                warnings.warn(
+                    "the anchors give an empty range for some constrained loss "
+                    f"(ideal {ideal.tolist()}, nadir {nadir.tolist()}); pass nadir= explicitly",
+                    RuntimeWarning,
+                    stacklevel=4,
                 )
+            self.axes = [np.linspace(ideal[j], nadir[j], n_points) for j in c]
+        self.n_points = n_points
+        self.phase = 0
+        self.chain_count = 0
+        self.states: dict[tuple[int, tuple[int, ...]], dict | None] = {
+            (seed, (0,) * len(self.constrained)): state for seed, state in starts.items()
+        }
+        self.starts = starts
+        self.index_of: dict[PointConfig, tuple[int, tuple[int, ...]]] = {}
+
+    def __bool__(self) -> bool:
+        return True
+
+    def _config(self, seed: int, bounds: np.ndarray, step: int) -> PointConfig:
+        full: list[float | None] = [None] * self.n_obj
+        for j, value in zip(self.constrained, bounds):
+            full[j] = float(value)
+        return PointConfig(
+            "epsilon",
+            seed,
+            epsilon=tuple(full),
+            objective=self.objective,
+            chain=self.chain_count,
+            step=step,
+        )
+
+    def next_round(
+        self,
+    ) -> tuple[list[list[PointConfig]], list[dict | None], tuple[float, ...]] | None:
+        """The chains of the next phase, their starting states and scales (or ``None``)."""
+        chains, init_states = [], []
+        if self.given is not None:
+            if self.phase > 0:
+                return None
+            for seed in self.seed_list:
+                for rows in self.given:
+                    chains.append([self._config(seed, row, s) for s, row in enumerate(rows)])
+                    init_states.append(self.starts.get(seed))
+                    self.chain_count += 1
+            self.phase = 1
+            return chains, init_states, self.scales
+        m = len(self.constrained)
+        if self.phase >= m:
+            return None
+        p = self.phase
+        for (seed, start), state in list(self.states.items()):
+            if any(start[p:]) or (p == 0 and start != (0,) * m):
+                continue
+            indices = range(self.n_points) if p == 0 else range(1, self.n_points)
+            chain = []
+            for step, i in enumerate(indices):
+                idx = start[:p] + (i,) + (0,) * (m - p - 1)
+                bounds = np.array([self.axes[a][idx[a]] for a in range(m)])
+                config = self._config(seed, bounds, step)
+                self.index_of[config] = (seed, idx)
+                chain.append(config)
             chains.append(chain)
-            init_states.append(anchor_state.get((seed, start)))
-    return chains, init_states, scales
+            init_states.append(state)
+            self.chain_count += 1
+        self.phase += 1
+        return chains, init_states, self.scales
+
+    def finished(self, chains: list[list[PointConfig]], history: list[list[dict | None]]) -> None:
+        """Record the state after each run of finished chains (starting points of the next)."""
+        for chain, states in zip(chains, history):
+            for config, state in zip(chain, states):
+                if config in self.index_of:
+                    self.states[self.index_of[config]] = state
