@@ -46,9 +46,15 @@ def test_linear_sweep_finds_only_the_ends(concave_sweep):
     assert linear.hypervolume(REF) <= 0.6 * hypervolume(exact, REF)
 
 
-def test_convex_circle_both_sweeps_reach_their_exact_points():
+@pytest.fixture(scope="module")
+def convex_sweep():
     problem = Circle(convex=True)
     front = trace(ProblemTraining(problem, steps=300), methods=["linear", "epsilon"], n_points=11)
+    return problem, front
+
+
+def test_convex_circle_both_sweeps_reach_their_exact_points(convex_sweep):
+    problem, front = convex_sweep
     eps = front.select("epsilon")
     exact_eps = _exact_epsilon(problem, eps)
     assert eps.hypervolume(REF) >= 0.99 * hypervolume(exact_eps, REF)
@@ -81,14 +87,14 @@ def test_user_training_function_with_seeds_and_warm_start():
         warm = run.warm_start(theta)
         calls.append((run.method, warm))
         opt = torch.optim.Adam(run.parameters(theta), lr=0.05)
-        for _ in range(200):
+        for _ in range(100):
             opt.zero_grad()
             run.loss(problem.losses(theta.weight[0])).backward()
             opt.step()
         return problem.losses(theta.weight[0]).detach()
 
-    front = trace(train, methods=["epsilon"], n_points=4, seeds=[3, 4], n_objectives=2)
-    assert len(front.select("anchor")) == 4 and len(front.select("epsilon")) == 8
+    front = trace(train, methods=["epsilon"], n_points=3, seeds=[3, 4], n_objectives=2)
+    assert len(front.select("anchor")) == 4 and len(front.select("epsilon")) == 6
     assert set(front.seeds.tolist()) == {3, 4}
     assert all(warm for method, warm in calls if method == "epsilon")
     assert not any(warm for method, warm in calls if method == "anchor")
@@ -135,3 +141,24 @@ def test_trace_needs_n_objectives_for_a_function():
 def test_training_function_returning_wrong_losses_is_named():
     with pytest.raises(RuntimeError, match="expected 2"):
         trace(lambda run: [0.0, 0.0, 0.0], methods="linear", n_points=2, n_objectives=2)
+
+
+def test_diagnosis_marks_the_linear_gap_as_unsupported(concave_sweep):
+    _, front = concave_sweep
+    diagnosis = front.diagnose()
+    eps = front.methods == "epsilon"
+    interior = eps & (front.losses > 0.05).all(axis=1)
+    assert interior.sum() >= 7
+    assert diagnosis.unsupported[interior].all()
+    assert not diagnosis.unsupported[front.methods == "linear"].any()
+    assert diagnosis.gaps and sum(g.unsupported_inside for g in diagnosis.gaps) >= interior.sum()
+    report = str(diagnosis)
+    assert "concavely" in report and "use epsilon" in report.lower()
+
+
+def test_convex_circle_diagnosis_reports_nothing_unsupported(convex_sweep):
+    _, front = convex_sweep
+    diagnosis = front.diagnose()
+    assert not diagnosis.unsupported.any()
+    assert not diagnosis.failed and not diagnosis.gaps
+    assert "linear weights suffice" in str(diagnosis)

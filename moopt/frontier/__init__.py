@@ -37,14 +37,17 @@ Each finished run is written at once to the store; re-running the same call skip
 
 from moopt.frontier._config import METHODS, PointConfig, epsilon_grid, simplex_lattice
 from moopt.frontier._sweep import InlineExecutor, trace
+from moopt.frontier.diagnose import Diagnosis, diagnose
 from moopt.frontier.front import Front
 from moopt.frontier.indicators import hypervolume, igd, igd_plus, nondominated_mask
+from moopt.frontier.plot import plot_front
 from moopt.frontier.run import Run
 from moopt.frontier.store import PointRecord, PointStore
 from moopt.frontier.training import ProblemTraining
 
 __all__ = [
     "METHODS",
+    "Diagnosis",
     "Front",
     "InlineExecutor",
     "PointConfig",
@@ -52,11 +55,13 @@ __all__ = [
     "PointStore",
     "ProblemTraining",
     "Run",
+    "diagnose",
     "epsilon_grid",
     "hypervolume",
     "igd",
     "igd_plus",
     "nondominated_mask",
+    "plot_front",
     "simplex_lattice",
     "trace",
 ]

@@ -39,7 +39,7 @@ from moopt.frontier._config import (
 )
 from moopt.frontier.front import Front
 from moopt.frontier.run import Run, build_combiner
-from moopt.frontier.store import PointRecord, PointStore
+from moopt.frontier.store import PointRecord, PointStore, this_process
 from moopt.frontier.training import ProblemTraining
 
 TrainFn = Callable[[Run], object]
@@ -123,6 +123,7 @@ def _record(
         multipliers=None if multipliers is None else tuple(float(m) for m in multipliers),
         seconds=seconds,
         key=key,
+        process=this_process(),
     )
 
 

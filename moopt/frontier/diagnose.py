@@ -15,9 +15,10 @@ From the points found by any methods, :func:`diagnose` reports three things:
    own objective when another found point ``q`` has ``w·L(q) < w·L(run)`` by more than
    ``fail_tol · w·range``: the run stopped in a worse basin or too early — an
    optimisation failure, not a limit of linear weights.
-3. **Gaps in a linear sweep.** Runs of one seed whose weights are lattice neighbours but
-   whose points land farther apart than ``gap`` (normalised); and the share of linear runs
-   that landed at an end of the front.
+3. **Gaps in a linear sweep.** Runs of one seed whose weights are neighbours but whose
+   points land farther apart than ``gap`` (normalised) and than 3 times the median
+   distance between neighbours of that seed (so an evenly spread sparse sweep has none);
+   and the share of linear runs that landed at an end of the front.
 
 Everything is relative to the points found: a concave stretch that no method reached is
 invisible, and a stretch is called concave only when points inside it were found.
@@ -108,9 +109,20 @@ def support_depth(points: np.ndarray, candidates: np.ndarray | None = None) -> n
 
 
 def _lattice_neighbours(weights: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs of weight rows one lattice step apart (one unit moved between two entries)."""
+    """Pairs of neighbouring weight rows.
+
+    Two objectives: consecutive weights in order of ``w₁``. More: rows one lattice step
+    apart (the smallest L1 distance between distinct rows).
+    """
     if len(weights) < 2:
         return []
+    if weights.shape[1] == 2:
+        order = np.argsort(weights[:, 0], kind="stable")
+        return [
+            (int(a), int(b))
+            for a, b in zip(order[:-1], order[1:])
+            if abs(weights[a, 0] - weights[b, 0]) > 1e-12
+        ]
     diffs = np.abs(weights[:, None, :] - weights[None, :, :]).sum(-1)
     positive = diffs[diffs > 1e-12]
     if positive.size == 0:
@@ -256,7 +268,8 @@ def diagnose(
             all stop near one end).
         fail_tol: a linear run failed when another point beats its weighted sum by more
             than ``fail_tol · Σ_k w_k range_k``.
-        gap: normalised distance between neighbouring linear runs that counts as a gap.
+        gap: normalised distance between neighbouring linear runs that counts as a gap
+            (when it is also above 3 times the seed's median neighbour distance).
     """
     if not isinstance(front, Front):
         raise TypeError(f"front must be a moopt.frontier.Front; got {type(front).__name__}")
@@ -298,14 +311,17 @@ def diagnose(
     linear = np.flatnonzero(front.methods == "linear")
     for seed in np.unique(front.seeds[linear]):
         rows = linear[front.seeds[linear] == seed]
-        for a, b in _lattice_neighbours(front.weights[rows]):
-            i, j = int(rows[a]), int(rows[b])
-            distance = float(np.linalg.norm(scaled[i] - scaled[j]))
-            if distance > gap:
+        pairs = [(int(rows[a]), int(rows[b])) for a, b in _lattice_neighbours(front.weights[rows])]
+        if not pairs:
+            continue
+        distances = np.array([np.linalg.norm(scaled[i] - scaled[j]) for i, j in pairs])
+        typical = float(np.median(distances))
+        for (i, j), distance in zip(pairs, distances):
+            if distance > gap and distance > 3 * typical:
                 box_low = np.minimum(scaled[i], scaled[j]) - 1e-9
                 box_high = np.maximum(scaled[i], scaled[j]) + 1e-9
                 inside = np.all((scaled > box_low) & (scaled < box_high), axis=1)
-                gaps.append(Gap(i, j, distance, int((inside & unsupported).sum())))
+                gaps.append(Gap(i, j, float(distance), int((inside & unsupported).sum())))
 
     at_ends = 0
     if linear.size:

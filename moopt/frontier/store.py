@@ -18,6 +18,7 @@ import dataclasses
 import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class PointRecord:
         multipliers: the final MDMM multipliers (``"epsilon"`` runs), else ``None``.
         seconds: wall-clock seconds the run took.
         key: the store key of the point.
+        process: ``"host:pid"`` of the process that trained the point.
         from_store: ``True`` when this record was loaded from a store instead of computed
             by the current call.
     """
@@ -45,6 +47,7 @@ class PointRecord:
     multipliers: tuple[float, ...] | None
     seconds: float
     key: str
+    process: str = ""
     from_store: bool = False
 
     def to_dict(self) -> dict:
@@ -55,6 +58,7 @@ class PointRecord:
             "multipliers": None if self.multipliers is None else list(self.multipliers),
             "seconds": self.seconds,
             "key": self.key,
+            "process": self.process,
         }
 
     @classmethod
@@ -67,8 +71,14 @@ class PointRecord:
             multipliers=None if multipliers is None else tuple(float(v) for v in multipliers),
             seconds=float(data.get("seconds", 0.0)),
             key=str(data["key"]),
+            process=str(data.get("process", "")),
             from_store=from_store,
         )
+
+
+def this_process() -> str:
+    """``"host:pid"`` of the calling process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:

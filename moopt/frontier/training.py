@@ -31,7 +31,8 @@ class ProblemTraining:
     A picklable training function for :func:`~moopt.frontier.trace`: the decision vector
     ``θ`` starts at ``problem.sample_init(1, generator)`` (the generator seeded with the
     run's seed), or at the chain neighbour's ``θ`` for warm-started ε runs, and takes
-    ``steps`` steps of Adam (or SGD) with a cosine learning-rate decay from ``lr`` to
+    ``steps`` steps (``warm_steps`` for a warm-started run, which starts one ε step from
+    its answer) of Adam (or SGD) with a cosine learning-rate decay from ``lr`` to
     ``lr * final_lr_fraction`` on ``run.loss(problem.losses(θ))``. The MDMM multipliers
     share the optimizer (their gradient is negated, so they ascend). The decay matters for
     precision: with a constant Adam step the iterates keep oscillating by about ``lr``.
@@ -40,6 +41,7 @@ class ProblemTraining:
         problem: an object with ``n_params``, ``n_objectives``, ``losses(theta)`` and
             ``sample_init(n, generator)`` (every class of ``moopt.problems``).
         steps: optimizer steps per run.
+        warm_steps: optimizer steps of a warm-started run (default: ``steps``).
         lr: initial learning rate.
         optimizer: ``"adam"`` or ``"sgd"``.
         final_lr_fraction: the learning rate at the last step, as a fraction of ``lr``.
@@ -49,6 +51,7 @@ class ProblemTraining:
         self,
         problem: object,
         steps: int = 500,
+        warm_steps: int | None = None,
         lr: float = 0.05,
         optimizer: str = "adam",
         final_lr_fraction: float = 0.01,
@@ -65,6 +68,11 @@ class ProblemTraining:
             raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}; got {optimizer!r}")
         self.problem = problem
         self.steps = steps
+        if warm_steps is None:
+            warm_steps = steps
+        if isinstance(warm_steps, bool) or not isinstance(warm_steps, int) or warm_steps < 1:
+            raise ValueError(f"warm_steps must be a positive int; got {warm_steps!r}")
+        self.warm_steps = warm_steps
         self.lr = check_positive(lr, "lr")
         self.optimizer = optimizer
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
@@ -72,7 +80,8 @@ class ProblemTraining:
 
     def __repr__(self) -> str:
         return (
-            f"ProblemTraining({self.problem!r}, steps={self.steps}, lr={self.lr}, "
+            f"ProblemTraining({self.problem!r}, steps={self.steps}, "
+            f"warm_steps={self.warm_steps}, lr={self.lr}, "
             f"optimizer={self.optimizer!r}, final_lr_fraction={self.final_lr_fraction})"
         )
 
@@ -90,7 +99,7 @@ class ProblemTraining:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.as_tensor(self.problem.sample_init(1, generator)).reshape(-1)
 
-    def _optimise(self, trainable: list[torch.Tensor], objective) -> None:
+    def _optimise(self, trainable: list[torch.Tensor], objective, steps: int) -> None:
         if self.optimizer == "adam":
             opt = torch.optim.Adam(trainable, lr=self.lr)
         else:
@@ -98,10 +107,10 @@ class ProblemTraining:
         floor = self.final_lr_fraction
 
         def factor(step: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        for _ in range(self.steps):
+        for _ in range(steps):
             opt.zero_grad()
             objective().backward()
             opt.step()
@@ -110,8 +119,12 @@ class ProblemTraining:
     def __call__(self, run: Run) -> torch.Tensor:
         """Train one run and return the final losses ``problem.losses(θ)``."""
         params = _Theta(self._init(run.seed))
-        run.warm_start(params)
-        self._optimise(run.parameters(params), lambda: run.loss(self.problem.losses(params.theta)))
+        warm = run.warm_start(params)
+        self._optimise(
+            run.parameters(params),
+            lambda: run.loss(self.problem.losses(params.theta)),
+            self.warm_steps if warm else self.steps,
+        )
         with torch.no_grad():
             return self.problem.losses(params.theta)
 
@@ -127,13 +140,16 @@ class ProblemTraining:
         Same initialisation, optimizer, schedule and objective as calling the instance on
         each run, with the B decision vectors stacked into one ``(B, n_params)`` parameter
         (``problem.losses`` is batched) and the B scalarizations computed row-wise by
-        ``BatchedScalarization``; the sum over runs is differentiated once.
+        ``BatchedScalarization``; the sum over runs is differentiated once. The batch
+        takes ``warm_steps`` when every run in it is warm-started, else ``steps`` (runs
+        one by one differ only in a resumed sweep whose chains stopped at different runs).
 
         Returns:
             Per run: the final losses, the raw MDMM multipliers (``None`` unless ε) and
             the trained state in the layout ``Run.final_state`` uses.
         """
         rows = []
+        warm = bool(init_states) and all(s and s.get("modules") for s in init_states)
         for config, state in zip(configs, init_states):
             if state and state.get("modules"):
                 rows.append(state["modules"][0]["theta"].reshape(-1))
@@ -145,6 +161,7 @@ class ProblemTraining:
         self._optimise(
             [theta, *combine.parameters()],
             lambda: combine(self.problem.losses(theta)).sum(),
+            self.warm_steps if warm else self.steps,
         )
         with torch.no_grad():
             final = self.problem.losses(theta)
