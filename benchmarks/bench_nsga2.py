@@ -25,81 +25,13 @@ Run: ``python benchmarks/bench_nsga2.py`` (about two minutes on 2 CPU cores;
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
 import numpy as np
 import torch
-from torch import nn
 
 REF_POINT = (1.1, 1.1)
-
-
-class BudgetedTraining:
-    """A toy problem's training function for ``trace`` with a fixed step budget.
-
-    Like ``moopt.frontier.ProblemTraining`` (Adam, cosine decay from ``lr`` to
-    ``lr * final_lr_fraction``), except that the single-task anchors, which start from a
-    random point, get ``anchor_steps`` and every ε run, which starts from its neighbour's
-    solution, gets ``steps``.
-    """
-
-    n_objectives = 2
-
-    def __init__(
-        self,
-        problem: object,
-        steps: int,
-        anchor_steps: int,
-        lr: float = 0.1,
-        final_lr_fraction: float = 0.1,
-    ) -> None:
-        self.problem = problem
-        self.steps = steps
-        self.anchor_steps = anchor_steps
-        self.lr = lr
-        self.final_lr_fraction = final_lr_fraction
-
-    def __repr__(self) -> str:
-        return (
-            f"BudgetedTraining({self.problem!r}, steps={self.steps}, "
-            f"anchor_steps={self.anchor_steps}, lr={self.lr}, "
-            f"final_lr_fraction={self.final_lr_fraction})"
-        )
-
-    def fingerprint(self) -> str:
-        """Identifies the setup in store keys."""
-        return repr(self)
-
-    def reference_front(self, n_points: int) -> np.ndarray:
-        """The analytic front."""
-        return self.problem.pareto_front(n_points).numpy()
-
-    def steps_for(self, method: str) -> int:
-        """Optimizer steps (= loss-and-gradient evaluations) of a run of ``method``."""
-        return self.anchor_steps if method == "anchor" else self.steps
-
-    def __call__(self, run: object) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(int(run.seed))
-        holder = nn.Module()
-        holder.theta = nn.Parameter(self.problem.sample_init(1, generator).reshape(-1))
-        run.warm_start(holder)
-        steps = self.steps_for(run.method)
-        optimizer = torch.optim.Adam(run.parameters(holder), lr=self.lr)
-        floor = self.final_lr_fraction
-
-        def factor(step: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            run.loss(self.problem.losses(holder.theta)).backward()
-            optimizer.step()
-            schedule.step()
-        with torch.no_grad():
-            return self.problem.losses(holder.theta)
 
 
 def problems() -> dict[str, tuple[object, tuple[float, float], float]]:
@@ -172,14 +104,22 @@ def nsga2_curve(
 def epsilon_sweep(
     problem: object, steps: int, anchor_steps: int, n_points: int, lr: float
 ) -> tuple[int, float, float, float]:
-    """One ε sweep: ``(evaluations, HV, IGD, seconds)``."""
-    from moopt.frontier import trace
+    """One ε sweep: ``(evaluations, HV, IGD, seconds)``.
 
-    training = BudgetedTraining(problem, steps=steps, anchor_steps=anchor_steps, lr=lr)
+    ``ProblemTraining`` gives the two single-task anchors, which start from a random
+    point, ``anchor_steps`` Adam steps and every ε run, warm-started from its neighbour's
+    solution, ``steps`` (cosine decay of the learning rate to a tenth within each run).
+    """
+    from moopt.frontier import ProblemTraining, trace
+
+    training = ProblemTraining(
+        problem, steps=anchor_steps, warm_steps=steps, lr=lr, final_lr_fraction=0.1
+    )
     start = time.perf_counter()
     front = trace(training, methods=["epsilon"], n_points=n_points, seeds=1)
     seconds = time.perf_counter() - start
-    evaluations = sum(training.steps_for(method) for method in front.methods)
+    per_run = {"anchor": anchor_steps, "epsilon": steps}
+    evaluations = sum(per_run[method] for method in front.methods)
     hv, distance = quality(front.losses, problem.pareto_front(1000).numpy())
     return evaluations, hv, distance, seconds
 

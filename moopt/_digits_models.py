@@ -120,12 +120,6 @@ class MultiDigitsTraining:
     basin diagnosis needs) or on the held-out composites (``"test"``). Chance level is
     ``ln 10 ≈ 2.303``.
 
-    With ``warm_start=False`` an ε run takes nothing from its chain neighbour: it starts
-    from its seed's random initialisation with zero MDMM multipliers. On MultiDigits the
-    chain's starting point, a single-task anchor, has its bottleneck locked to one digit,
-    and with a few hundred steps per run the chain re-organises it less well than a fresh
-    start does; a multiplier carried over from the neighbour, in turn, lets the
-    constrained task take the whole bottleneck in the first steps.
     ``multiplier_lr`` gives the MDMM multipliers their own Adam learning rate.
 
     :meth:`accuracies` retrains nothing: it is a helper for reports, evaluating a model.
@@ -147,7 +141,6 @@ class MultiDigitsTraining:
         evaluate_on: str = "train",
         final_lr_fraction: float = 0.1,
         multiplier_lr: float | None = None,
-        warm_start: bool = True,
     ) -> None:
         self.steps = _check_int(steps, "steps")
         self.lr = check_positive(lr, "lr")
@@ -163,9 +156,6 @@ class MultiDigitsTraining:
         self.multiplier_lr = (
             None if multiplier_lr is None else check_positive(multiplier_lr, "multiplier_lr")
         )
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be a bool; got {type(warm_start).__name__}")
-        self.warm_start = warm_start
 
     def __repr__(self) -> str:
         return (
@@ -174,7 +164,7 @@ class MultiDigitsTraining:
             f"bottleneck={self.bottleneck}, head_hidden={self.head_hidden}, "
             f"n_train={self.n_train}, n_test={self.n_test}, data_seed={self.data_seed}, "
             f"evaluate_on={self.evaluate_on!r}, final_lr_fraction={self.final_lr_fraction}, "
-            f"multiplier_lr={self.multiplier_lr}, warm_start={self.warm_start})"
+            f"multiplier_lr={self.multiplier_lr})"
         )
 
     def fingerprint(self) -> str:
@@ -196,12 +186,7 @@ class MultiDigitsTraining:
         train, _ = self.data()
         torch.manual_seed(int(run.seed))
         model = self.build_model()
-        if self.warm_start:
-            run.warm_start(model)
-        else:
-            with torch.no_grad():
-                for multiplier in run.combiner.parameters():
-                    multiplier.zero_()
+        run.warm_start(model)
         optimizer = _optimizer(run, model, self.lr, self.multiplier_lr)
         floor = self.final_lr_fraction
 
