@@ -4,6 +4,7 @@ Examples::
 
     moopt trace circle                              # linear vs ε on the concave circle
     moopt trace fonseca --methods linear,chebyshev,epsilon --points 21 --seeds 2
+    moopt trace sphere --methods linear,epsilon --points 6
     moopt trace multidigits --workers 2 --out runs/multidigits
     moopt trace circle --dask tcp://scheduler:8786 --out /shared/circle
 
@@ -21,10 +22,19 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 
-PROBLEMS = ("circle", "circle-convex", "fonseca", "multidigits")
+PROBLEMS = ("circle", "circle-convex", "fonseca", "sphere", "multidigits")
 """Targets ``moopt trace`` knows."""
 
-REF_POINT = {"circle": (1.1, 1.1), "circle-convex": (1.1, 1.1), "fonseca": (1.1, 1.1)}
+REF_POINT = {
+    "circle": (1.1, 1.1),
+    "circle-convex": (1.1, 1.1),
+    "fonseca": (1.1, 1.1),
+    "sphere": (1.1, 1.1, 1.1),
+}
+
+MULTIDIGITS_DAMPING = 10.0
+"""MDMM damping for MultiDigits (see ``examples/multidigits.py``): a stiffer penalty lets
+the constrained digit take the whole bottleneck in the first steps."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         default="circle",
         choices=PROBLEMS,
         help="circle (concave quarter circle), circle-convex, fonseca (Fonseca-Fleming, "
-        "n=2), multidigits (two-digit classifier with a 2-unit bottleneck). "
-        "Default: circle.",
+        "n=2), sphere (3 losses on the unit-sphere octant), multidigits (two-digit "
+        "classifier with a 2-unit bottleneck). Default: circle.",
     )
     parser.add_argument(
         "--methods",
@@ -57,7 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="optimizer steps per run (default 1500 for the toys, 400 for multidigits)",
+        help="optimizer steps per run (default: ProblemTraining's for the toys, 600 for "
+        "multidigits)",
+    )
+    parser.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="MDMM damping of the epsilon constraints (default: trace's; 10 for multidigits)",
     )
     parser.add_argument(
         "--out",
@@ -96,12 +113,13 @@ def _target(problem: str, steps: int | None) -> object:
         from moopt._digits_models import MultiDigitsTraining
 
         return MultiDigitsTraining() if steps is None else MultiDigitsTraining(steps=steps)
-    from moopt.problems import Circle, FonsecaFleming
+    from moopt.problems import Circle, FonsecaFleming, SphereOctant
 
     instance = {
         "circle": Circle(),
         "circle-convex": Circle(convex=True),
         "fonseca": FonsecaFleming(),
+        "sphere": SphereOctant(),
     }[problem]
     return ProblemTraining(instance) if steps is None else ProblemTraining(instance, steps=steps)
 
@@ -137,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{name} must be at least {minimum}; got {value}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be positive; got {args.steps}")
+    if args.damping is not None and not args.damping >= 0:
+        parser.error(f"--damping must be non-negative; got {args.damping}")
     if args.workers < 0:
         parser.error(f"--workers must be non-negative; got {args.workers}")
     if args.workers and args.dask:
@@ -147,7 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else f"trace-{args.problem}"
     os.makedirs(out, exist_ok=True)
     target = _target(args.problem, args.steps)
-    names = ("CE left", "CE right") if args.problem == "multidigits" else None
+    options = {}
+    if args.problem == "multidigits":
+        options["loss_names"] = ("CE left digit", "CE right digit")
+        options["damping"] = MULTIDIGITS_DAMPING
+    if args.damping is not None:
+        options["damping"] = args.damping
     with _executor(args.workers, args.dask) as executor:
         front = trace(
             target,
@@ -156,14 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=args.seeds,
             executor=executor,
             store=os.path.join(out, "store"),
-            loss_names=names,
+            **options,
         )
     front.save(os.path.join(out, "front.json"))
     print(front.table())
     print()
     if args.problem in REF_POINT:
         ref = REF_POINT[args.problem]
-        for method in front.method_names():
+        for method in [m for m in front.method_names() if m != "anchor"]:
             part = front.select(method=method)
             print(
                 f"{method:<17} hypervolume (ref {ref}) {part.hypervolume(ref):.4f}   "
