@@ -169,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = _target(args.problem, args.steps)
     options = {}
     if args.problem == "multidigits":
+        import torch
+
+        torch.set_num_threads(1)  # small batches: one intra-op thread is several times faster
         options["loss_names"] = ("CE left digit", "CE right digit")
         options["damping"] = MULTIDIGITS_DAMPING
     if args.damping is not None:

@@ -92,7 +92,7 @@ def test_zdt_rejects_bad_input():
         ZDT2(5).epsilon_point(-0.1)
 
 
-def test_epsilon_sweep_on_zdt1_reaches_the_exact_points():
+def test_epsilon_sweep_on_zdt1_reaches_the_exact_points(one_thread):
     """An 11-point warm-started ε sweep on ZDT1 (n = 5) lands on its exact ε points."""
     from moopt.frontier import ProblemTraining, hypervolume, trace
 
@@ -106,6 +106,16 @@ def test_epsilon_sweep_on_zdt1_reaches_the_exact_points():
 
 
 # --- MultiDigits and VAE training functions --------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Small models train several times faster on one intra-op thread (no oversubscription
+    of the shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _run(method, seed, **config):
@@ -153,7 +163,7 @@ def test_vae_losses_are_kl_and_bce():
     torch.testing.assert_close(distortion, bce, rtol=1e-5, atol=1e-5)
 
 
-def test_vae_beta_sweep_trades_rate_for_distortion():
+def test_vae_beta_sweep_trades_rate_for_distortion(one_thread):
     """A larger weight on the rate gives a lower rate and a higher distortion."""
     from moopt._digits_models import VAETraining
 
@@ -164,8 +174,7 @@ def test_vae_beta_sweep_trades_rate_for_distortion():
     assert low_beta[1] < high_beta[1] - 0.5
 
 
-@pytest.mark.slow
-def test_multidigits_linear_weights_fail_by_basins():
+def test_multidigits_linear_weights_fail_by_basins(one_thread):
     """The MultiDigits claim on one seed, with four short runs.
 
     Linear weights (½, ½) leave one task at chance; an ε run (min CE_left s.t.
