@@ -232,3 +232,14 @@ def test_moopt_trace_rejects_bad_options(capsys):
         main(["trace", "circle", "--points", "1"])
     with pytest.raises(SystemExit):
         main(["trace", "circle", "--workers", "2", "--dask", "tcp://x:1"])
+
+
+def test_moopt_trace_multidigits_tiny(tmp_path, capsys):
+    from moopt.cli import main
+
+    out = tmp_path / "md"
+    argv = ["trace", "multidigits", "--methods", "linear", "--points", "2", "--steps", "5"]
+    assert main([*argv, "--out", str(out), "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "CE left digit" in printed
+    assert len(json.loads((out / "front.json").read_text())["records"]) == 2
