@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from moopt.frontier import PointConfig, PointRecord, PointStore, ProblemTraining, trace
-from moopt.problems import Circle
+from moopt.problems import Circle, SphereOctant
 
 PROBLEM = Circle()
 SWEEP = dict(methods=["linear", "epsilon"], n_points=4, n_objectives=2, fingerprint="circle-test")
@@ -157,3 +157,26 @@ def _host_pid():
     import socket
 
     return socket.gethostname(), os.getpid()
+
+
+class CrashInSecondPhase(ProblemTraining):
+    """Dies at the second run of the second ε phase (K = 3), after its first run is stored."""
+
+    def train_batch(self, configs, init_states, damping, scales):
+        if any(c.method == "epsilon" and c.chain >= 1 and c.step == 1 for c in configs):
+            raise RuntimeError("simulated crash")
+        return super().train_batch(configs, init_states, damping, scales)
+
+
+def test_three_objective_phases_resume_to_the_uninterrupted_result(tmp_path):
+    problem = SphereOctant()
+    sweep = dict(methods="epsilon", n_points=3)
+    clean = trace(ProblemTraining(problem, steps=40), **sweep)
+    with pytest.raises(RuntimeError, match="re-run to resume"):
+        trace(CrashInSecondPhase(problem, steps=40), store=tmp_path / "s", **sweep)
+    stored = len(PointStore(tmp_path / "s"))
+    assert stored == 3 + 3 + 3  # anchors, phase 0 chain, first run of each phase-1 chain
+    resumed = trace(ProblemTraining(problem, steps=40), store=tmp_path / "s", **sweep)
+    assert resumed.from_store.sum() == stored and len(resumed) == len(clean) == 3 + 9
+    assert [c.key() for c in resumed.configs] == [c.key() for c in clean.configs]
+    np.testing.assert_allclose(resumed.losses, clean.losses, rtol=1e-9, atol=1e-12)

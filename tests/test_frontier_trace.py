@@ -131,6 +131,17 @@ def test_trace_rejects_bad_input(kwargs, error, match):
         trace(ProblemTraining(Circle(), steps=1), **kwargs)
 
 
+def test_progress_bar_and_explicit_epsilons(capsys):
+    front = trace(
+        ProblemTraining(FonsecaFleming(), steps=20),
+        methods="epsilon",
+        epsilons=[[0.2], [0.5]],
+        progress=True,
+    )
+    assert front.epsilon[front.methods == "epsilon", 1].tolist() == [0.2, 0.5]
+    assert "trace" in capsys.readouterr().err
+
+
 def test_trace_needs_n_objectives_for_a_function():
     with pytest.raises(ValueError, match="n_objectives"):
         trace(lambda run: [0.0, 0.0])

@@ -33,6 +33,15 @@ Beyond one machine, give a Dask executor (``pip install 'moopt[dist]'``)::
         front = trace(train, ..., executor=client.get_executor(), store="/shared/sweep")
 
 Each finished run is written at once to the store; re-running the same call skips them.
+
+How a sweep splits into executor tasks: the single-task anchors (one task each) come
+first, since they fix the ideal point and the ε range; then every weighted run
+(linear / Chebyshev) is a task of its own, and every warm-started ε chain is one
+sequential task — chains of different seeds (and, with three or more losses, the
+chains of each continuation phase) run in parallel. For ``ProblemTraining`` the runs of
+a task are batched into one stacked parameter (``batched=``, ``batch_size=``), and for
+small models :class:`ModuleTraining` does the same with ``torch.func.vmap`` over
+stacked module parameters.
 """
 
 from moopt.frontier._config import METHODS, PointConfig, epsilon_grid, simplex_lattice
@@ -40,6 +49,7 @@ from moopt.frontier._sweep import InlineExecutor, trace
 from moopt.frontier.diagnose import Diagnosis, diagnose
 from moopt.frontier.front import Front
 from moopt.frontier.indicators import hypervolume, igd, igd_plus, nondominated_mask
+from moopt.frontier.module_training import ModuleTraining
 from moopt.frontier.plot import plot_front
 from moopt.frontier.run import Run
 from moopt.frontier.store import PointRecord, PointStore
@@ -50,6 +60,7 @@ __all__ = [
     "Diagnosis",
     "Front",
     "InlineExecutor",
+    "ModuleTraining",
     "PointConfig",
     "PointRecord",
     "PointStore",

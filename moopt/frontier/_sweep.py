@@ -395,7 +395,9 @@ def trace(
         n_objectives: K; required for a training function without an ``n_objectives``
             attribute.
         executor: any ``concurrent.futures.Executor`` (``ProcessPoolExecutor``, a Dask
-            ``Client.get_executor()``, ...). Default: run in this process.
+            ``Client.get_executor()``, ...). Default: run in this process. Prefer
+            processes to threads: each run calls ``torch.manual_seed``, and threads share
+            torch's global generator.
         store: a directory (or :class:`PointStore`) where each finished point is written
             at once; a re-run skips finished points and resumes half-finished chains.
         batched: run the points of a task as one batch through ``target.train_batch``
@@ -412,6 +414,15 @@ def trace(
     Returns:
         A :class:`~moopt.frontier.Front` of every run (anchors included), with the
         target's analytic front as reference when it has one.
+
+    The ε-constraint method is Haimes, Lasdon & Wismer (1971); textbook versions solve
+    each bounded problem to optimality with a constrained solver from a fixed start.
+    Deviations here: each bounded problem is trained by gradient descent-ascent on the
+    damped Lagrangian (MDMM) with each constraint scaled by ``1/(nadir_j − ideal_j)``;
+    runs are warm-started along ε (continuation); the ε range comes from single-task
+    anchors with a small weight ``δ`` on the other losses (an augmented payoff table, so
+    each anchor is Pareto-optimal rather than weakly so); the Chebyshev ideal point is the
+    anchors' ideal, not shifted to a utopia point.
     """
     train, n_obj, default_fingerprint = _resolve_target(target, n_objectives)
     chosen = _as_methods(methods)
@@ -509,23 +520,23 @@ def trace(
             for w in weight_grid
         ]
         tasks.extend(make_tasks(configs))
-    phases = []
+    phases: _EpsilonPhases | None = None
     if "epsilon" in chosen:
         other = _anchor_weights(n_obj, 1 - objective, float(anchor_weight)) if n_obj == 2 else None
         starts = {seed: anchor_state.get((seed, other)) for seed in seed_list}
         phases = _EpsilonPhases(
             seed_list, n_obj, objective, n_points, chains_given, ideal_used, nadir_used, starts
         )
-    first = phases.next_round() if phases else None
-    round_tasks = tasks + ([] if first is None else make_tasks(*first, return_state=True))
+    first = phases.next_round() if phases is not None else None
+    round_tasks = tasks + ([] if first is None else make_tasks(*first))
     while round_tasks:
         results = _submit_all(executor, round_tasks, progress)
         for task, (task_records, history) in zip(round_tasks, results):
             records.extend(task_records)
-            if phases and history is not None:
+            if phases is not None and history is not None:
                 phases.finished(task.chains, history)
-        following = phases.next_round() if phases else None
-        round_tasks = [] if following is None else make_tasks(*following, return_state=True)
+        following = phases.next_round() if phases is not None else None
+        round_tasks = [] if following is None else make_tasks(*following)
     reference = None
     if hasattr(train, "reference_front"):
         reference = train.reference_front(200 if n_obj == 2 else 30)
@@ -593,9 +604,6 @@ class _EpsilonPhases:
         self.starts = starts
         self.index_of: dict[PointConfig, tuple[int, tuple[int, ...]]] = {}
 
-    def __bool__(self) -> bool:
-        return True
-
     def _config(self, seed: int, bounds: np.ndarray, step: int) -> PointConfig:
         full: list[float | None] = [None] * self.n_obj
         for j, value in zip(self.constrained, bounds):
@@ -611,8 +619,9 @@ class _EpsilonPhases:
 
     def next_round(
         self,
-    ) -> tuple[list[list[PointConfig]], list[dict | None], tuple[float, ...]] | None:
-        """The chains of the next phase, their starting states and scales (or ``None``)."""
+    ) -> tuple[list[list[PointConfig]], list[dict | None], tuple[float, ...], bool] | None:
+        """The next phase's chains, starting states, scales, and whether a later phase
+        needs their states (or ``None`` when done)."""
         chains, init_states = [], []
         if self.given is not None:
             if self.phase > 0:
@@ -623,7 +632,7 @@ class _EpsilonPhases:
                     init_states.append(self.starts.get(seed))
                     self.chain_count += 1
             self.phase = 1
-            return chains, init_states, self.scales
+            return chains, init_states, self.scales, False
         m = len(self.constrained)
         if self.phase >= m:
             return None
@@ -643,7 +652,7 @@ class _EpsilonPhases:
             init_states.append(state)
             self.chain_count += 1
         self.phase += 1
-        return chains, init_states, self.scales
+        return chains, init_states, self.scales, self.phase < m
 
     def finished(self, chains: list[list[PointConfig]], history: list[list[dict | None]]) -> None:
         """Record the state after each run of finished chains (starting points of the next)."""

@@ -47,12 +47,21 @@ class FailedRun:
 
 @dataclasses.dataclass
 class Gap:
-    """Neighbouring weights of one seed whose linear runs landed far apart."""
+    """Neighbouring weights of one seed whose linear runs landed far apart.
+
+    ``inside`` lists the unsupported points found (by any method) in the box spanned by
+    the two landing points.
+    """
 
     first: int
     second: int
     distance: float
-    unsupported_inside: int
+    inside: list[int]
+
+    @property
+    def unsupported_inside(self) -> int:
+        """How many unsupported points lie inside the gap."""
+        return len(self.inside)
 
 
 @dataclasses.dataclass
@@ -209,7 +218,7 @@ class Diagnosis:
                 "not a limit of linear weights: use more seeds or steps, or chebyshev/epsilon."
             )
         if self.gaps:
-            inside = sum(g.unsupported_inside for g in self.gaps)
+            inside = len({i for g in self.gaps for i in g.inside})
             g = max(self.gaps, key=lambda gap: gap.distance)
             wa = ", ".join(f"{w:.3g}" for w in front.weights[g.first])
             wb = ", ".join(f"{w:.3g}" for w in front.weights[g.second])
@@ -321,7 +330,9 @@ def diagnose(
                 box_low = np.minimum(scaled[i], scaled[j]) - 1e-9
                 box_high = np.maximum(scaled[i], scaled[j]) + 1e-9
                 inside = np.all((scaled > box_low) & (scaled < box_high), axis=1)
-                gaps.append(Gap(i, j, float(distance), int((inside & unsupported).sum())))
+                gaps.append(
+                    Gap(i, j, float(distance), np.flatnonzero(inside & unsupported).tolist())
+                )
 
     at_ends = 0
     if linear.size:

@@ -94,7 +94,8 @@ def _plot_2d(ax, front: Front, reference: bool, hull: bool, rays: bool, diagnosi
     if rays and front.ideal is not None:
         chebyshev = np.isin(front.methods, ["chebyshev", "smooth_chebyshev"])
         top = front.losses.max(axis=0) if len(front) else np.ones(2)
-        for n, i in enumerate(np.flatnonzero(chebyshev)):
+        labelled = False
+        for i in np.flatnonzero(chebyshev):
             w = front.weights[i]
             if not np.all(w > 0):
                 continue
@@ -107,9 +108,10 @@ def _plot_2d(ax, front: Front, reference: bool, hull: bool, rays: bool, diagnosi
                 color="tab:green",
                 lw=0.6,
                 alpha=0.5,
-                label="Chebyshev rays" if n == 0 else None,
+                label=None if labelled else "Chebyshev rays",
                 zorder=1,
             )
+            labelled = True
     for method in front.method_names():
         rows = front.methods == method
         ax.scatter(front.losses[rows, 0], front.losses[rows, 1], label=method, **_style(method))

@@ -18,6 +18,13 @@ the final K task losses (on validation data if you wish)::
 the MDMM Lagrangian ``L_i + Σ_j λ_j (L_j - ε_j) + (c/2)(L_j - ε_j)²`` of
 "minimise L_i subject to L_j ≤ ε_j". ``run.combiner`` is the configured combiner itself
 (``moopt.scalarize.Linear`` / ``Chebyshev`` or ``moopt.mdmm.MDMM``) for loops that need it.
+
+A training object may also offer the batched protocol that ``trace(..., batched=True)``
+uses: ``train_batch(configs, init_states, damping, scales)`` returning, per config, the
+final losses, the raw MDMM multipliers (or ``None``) and the trained state (a dict with
+``"modules"``: a list of state dicts, and ``"combiner"``: the multipliers by MDMM parameter
+name). :class:`~moopt.frontier.ProblemTraining` implements it with
+``moopt.frontier._batched.BatchedScalarization``.
 """
 
 from __future__ import annotations

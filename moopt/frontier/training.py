@@ -1,9 +1,9 @@
-"""The training function moopt builds for a ``moopt.problems`` problem."""
+"""The training function moopt builds for a ``moopt.problems`` problem, and its optimiser loop."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,30 @@ from moopt.frontier._config import PointConfig
 from moopt.frontier.run import Run
 
 OPTIMIZERS = ("adam", "sgd")
+
+
+def cosine_schedule(
+    trainable: list[torch.Tensor],
+    objective: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    final_lr_fraction: float,
+    optimizer: str = "adam",
+) -> None:
+    """``steps`` steps of Adam (or SGD) on ``objective(step)``, the learning rate decaying
+    from ``lr`` to ``lr * final_lr_fraction`` along a half cosine."""
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(trainable, lr=lr)
+    floor = final_lr_fraction
+
+    def factor(step: int) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    for step in range(steps):
+        opt.zero_grad()
+        objective(step).backward()
+        opt.step()
+        schedule.step()
 
 
 class _Theta(nn.Module):
@@ -99,31 +123,17 @@ class ProblemTraining:
         generator = torch.Generator().manual_seed(int(seed))
         return torch.as_tensor(self.problem.sample_init(1, generator)).reshape(-1)
 
-    def _optimise(self, trainable: list[torch.Tensor], objective, steps: int) -> None:
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(trainable, lr=self.lr)
-        else:
-            opt = torch.optim.SGD(trainable, lr=self.lr)
-        floor = self.final_lr_fraction
-
-        def factor(step: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        for _ in range(steps):
-            opt.zero_grad()
-            objective().backward()
-            opt.step()
-            schedule.step()
-
     def __call__(self, run: Run) -> torch.Tensor:
         """Train one run and return the final losses ``problem.losses(θ)``."""
         params = _Theta(self._init(run.seed))
         warm = run.warm_start(params)
-        self._optimise(
+        cosine_schedule(
             run.parameters(params),
-            lambda: run.loss(self.problem.losses(params.theta)),
+            lambda step: run.loss(self.problem.losses(params.theta)),
             self.warm_steps if warm else self.steps,
+            self.lr,
+            self.final_lr_fraction,
+            self.optimizer,
         )
         with torch.no_grad():
             return self.problem.losses(params.theta)
@@ -158,10 +168,13 @@ class ProblemTraining:
         theta = nn.Parameter(torch.stack(rows).detach().clone())
         combine = BatchedScalarization(configs, damping, scales, dtype=theta.dtype)
         combine.load_multipliers(init_states)
-        self._optimise(
+        cosine_schedule(
             [theta, *combine.parameters()],
-            lambda: combine(self.problem.losses(theta)).sum(),
+            lambda step: combine(self.problem.losses(theta)).sum(),
             self.warm_steps if warm else self.steps,
+            self.lr,
+            self.final_lr_fraction,
+            self.optimizer,
         )
         with torch.no_grad():
             final = self.problem.losses(theta)
