@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from moopt._validation import check_positive
+from moopt._validation import check_choice, check_positive
 
 __all__ = ["BottleneckNet", "DigitsVAE", "MultiDigitsTraining", "VAETraining"]
 
@@ -37,13 +37,9 @@ def _check_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
-def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
-    return str(value)
-
-
-def _optimizer(run: object, model: nn.Module, lr: float, multiplier_lr: float | None):
+def _optimizer(
+    run: object, model: nn.Module, lr: float, multiplier_lr: float | None
+) -> torch.optim.Adam:
     """Adam over the model and the run's combiner (MDMM multipliers), which may get
     their own learning rate ``multiplier_lr`` (default: ``lr``)."""
     if multiplier_lr is None:
@@ -102,14 +98,21 @@ def _multi_digits_data(n_train: int, n_test: int, data_seed: int) -> tuple:
     return multi_digits(n_train=n_train, n_test=n_test, seed=data_seed)
 
 
-def multi_digits_losses(model: BottleneckNet, x: torch.Tensor, labels: list[torch.Tensor]):
-    """The per-task mean cross-entropies of ``model`` on ``x`` as a K-vector."""
+def multi_digits_losses(
+    model: BottleneckNet, x: torch.Tensor, labels: list[torch.Tensor]
+) -> torch.Tensor:
+    """The per-task mean cross-entropies ``CE_k = −mean log softmax(z_k)[y_k]`` (K-vector)."""
     logits = model(x)
     return torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, labels)])
 
 
 class MultiDigitsTraining:
     """Train a :class:`BottleneckNet` on MultiDigits for one run of a sweep.
+
+    MultiDigits is a small, offline analogue of MultiMNIST (Sabour et al. 2017), the
+    two-digit benchmark Sener & Koltun (2018, "Multi-Task Learning as Multi-Objective
+    Optimization") used for multi-task learning, built from scikit-learn's 8×8 digits;
+    the 2-unit bottleneck is ours, to make the tasks compete.
 
     Adam for ``steps`` steps on minibatches of ``batch_size`` composites drawn with
     replacement (the draws seeded by ``run.seed``), at learning rate ``lr`` with a cosine
@@ -151,7 +154,7 @@ class MultiDigitsTraining:
         self.n_train = _check_int(n_train, "n_train")
         self.n_test = _check_int(n_test, "n_test")
         self.data_seed = _check_int(data_seed, "data_seed", minimum=0)
-        self.evaluate_on = _check_choice(evaluate_on, "evaluate_on", ("train", "test"))
+        self.evaluate_on = check_choice(evaluate_on, "evaluate_on", ("train", "test"))
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
         self.multiplier_lr = (
             None if multiplier_lr is None else check_positive(multiplier_lr, "multiplier_lr")
@@ -207,14 +210,14 @@ class MultiDigitsTraining:
     def evaluate(self, model: BottleneckNet, split: str | None = None) -> torch.Tensor:
         """The two cross-entropies of ``model`` on ``split`` (default ``evaluate_on``)."""
         split = self.evaluate_on if split is None else split
-        _check_choice(split, "split", ("train", "test"))
+        check_choice(split, "split", ("train", "test"))
         data = self.data()[0 if split == "train" else 1]
         with torch.no_grad():
             return multi_digits_losses(model, data.x, [data.y_left, data.y_right])
 
     def accuracies(self, model: BottleneckNet, split: str = "test") -> torch.Tensor:
         """The two classification accuracies of ``model`` on ``split``."""
-        _check_choice(split, "split", ("train", "test"))
+        check_choice(split, "split", ("train", "test"))
         data = self.data()[0 if split == "train" else 1]
         with torch.no_grad():
             logits = model(data.x)
@@ -299,7 +302,7 @@ class VAETraining:
         self.hidden = _check_int(hidden, "hidden")
         self.latent = _check_int(latent, "latent")
         self.split_seed = _check_int(split_seed, "split_seed", minimum=0)
-        self.evaluate_on = _check_choice(evaluate_on, "evaluate_on", ("train", "val"))
+        self.evaluate_on = check_choice(evaluate_on, "evaluate_on", ("train", "val"))
         self.eval_samples = _check_int(eval_samples, "eval_samples")
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
         self.multiplier_lr = (
@@ -341,7 +344,7 @@ class VAETraining:
     def evaluate(self, model: DigitsVAE, split: str | None = None) -> torch.Tensor:
         """``(rate, distortion)`` on ``split``, averaged over fixed noise draws."""
         split = self.evaluate_on if split is None else split
-        _check_choice(split, "split", ("train", "val"))
+        check_choice(split, "split", ("train", "val"))
         data = _digits_data(self.split_seed)[0 if split == "train" else 1]
         generator = torch.Generator().manual_seed(12345)
         with torch.no_grad():
