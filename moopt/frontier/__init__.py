@@ -44,7 +44,7 @@ small models :class:`ModuleTraining` does the same with ``torch.func.vmap`` over
 stacked module parameters.
 """
 
-from moopt.frontier._config import METHODS, PointConfig, epsilon_grid, simplex_lattice
+from moopt.frontier._config import METHODS, PointConfig, simplex_lattice
 from moopt.frontier._sweep import InlineExecutor, trace
 from moopt.frontier.diagnose import Diagnosis, diagnose
 from moopt.frontier.front import Front
@@ -67,7 +67,6 @@ __all__ = [
     "ProblemTraining",
     "Run",
     "diagnose",
-    "epsilon_grid",
     "hypervolume",
     "igd",
     "igd_plus",

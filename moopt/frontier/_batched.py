@@ -45,7 +45,6 @@ class BatchedScalarization(nn.Module):
         if len(methods) != 1:
             raise ValueError(f"a batch must hold one method; got {sorted(methods)}")
         self.method = methods.pop()
-        self.configs = list(configs)
         if self.method == "epsilon":
             objectives = {c.objective for c in configs}
             if len(objectives) != 1:

@@ -12,8 +12,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,42 +110,3 @@ def simplex_lattice(n_objectives: int, n_per_edge: int) -> np.ndarray:
     lattice = np.array([[*combo, divisions - sum(combo)] for combo in rows], dtype=float)
     lattice = lattice[np.lexsort(lattice.T[::-1])][::-1]
     return lattice / divisions
-
-
-def epsilon_grid(
-    lower: Sequence[float], upper: Sequence[float], n_per_axis: int
-) -> list[np.ndarray]:
-    """ε rows for the constrained losses, one warm-start chain per row.
-
-    Each constrained loss j gets ``n_per_axis`` bounds evenly spaced in
-    ``[lower_j, upper_j]``. With one constrained loss there is one chain, from the
-    tightest bound (``lower``, where the solution is the constrained loss's own anchor) to
-    the loosest (``upper``). With several, the last constrained loss varies along a chain
-    (tight to loose) and every combination of the others starts a chain of its own, so
-    chains are independent and run in parallel.
-
-    Why tight to loose: a chain starts from the anchor of the loss it constrains, where
-    the bound is tight and met. Going the other way, from the objective's own anchor,
-    starts where the front can be vertical (the multiplier ``λ* = −dL_i/dε`` infinite, as
-    at the ends of a circle): there the constraint has no first-order grip and the run
-    stays stuck at the anchor.
-
-    Returns:
-        A list of arrays, one per chain, each of shape ``(n_per_axis, n_constrained)``.
-    """
-    lower = np.asarray(lower, dtype=float)
-    upper = np.asarray(upper, dtype=float)
-    axes = [np.linspace(lo, hi, n_per_axis) for lo, hi in zip(lower, upper)]
-    chains = []
-    for head in itertools.product(*axes[:-1]):
-        chain = np.array([[*head, value] for value in axes[-1]], dtype=float)
-        chains.append(chain)
-    return chains
-
-
-def finite_tuple(values: Sequence[float], name: str) -> tuple[float, ...]:
-    """``values`` as a tuple of finite floats; ``ValueError`` naming ``name`` otherwise."""
-    out = tuple(float(v) for v in values)
-    if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be finite; got {list(out)}")
-    return out

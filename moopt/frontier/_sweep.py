@@ -5,14 +5,19 @@ How the work is split (and what runs in parallel):
 1. **Anchors** — one single-task run per loss and seed (weights ``1 − (K−1)δ`` on the
    loss, ``δ`` on the others; the small ``δ`` picks a Pareto-optimal end where the
    single-task minimum is a whole edge of the front, as on a sphere). They give the ideal
-   point (Chebyshev reference) and the ε range, and they start the ε chains. One task each.
+   point (Chebyshev reference) and the ε range, and with two losses they start the ε
+   chains. One task each.
 2. **Weighted runs** (``"linear"``, ``"chebyshev"``, ``"smooth_chebyshev"``) — one task
    per weight vector and seed, each from the seed's random initialisation.
 3. **ε chains** — an ε sweep is a continuation: run ``i`` starts from the parameters and
-   multipliers of run ``i − 1`` (the first from the anchor of the constrained loss, where
-   the tightest bound is met), its bound one step looser (see ``epsilon_grid``). A chain
-   is therefore sequential and is one task; chains of different seeds (and, with K ≥ 3,
-   different values of the outer bounds) run in parallel.
+   multipliers of run ``i − 1``, its bound one step looser; the first run of a two-loss
+   chain starts from the anchor of the constrained loss, where the tightest bound is met
+   (see ``_EpsilonPhases`` for K ≥ 3). A chain is therefore sequential and is one task;
+   chains of different seeds (and, with K ≥ 3, the chains of one continuation phase) run
+   in parallel.
+
+With a batched target (``train_batch``) the single-run tasks, and the chains, are grouped
+``batch_size`` at a time into one task that trains them together.
 
 Every finished run is written to the store at once (see :class:`PointStore`); a re-run
 loads finished points instead of submitting them, and a half-finished chain resumes from
@@ -381,7 +386,8 @@ def trace(
             list of them (one chain each); columns are the losses other than
             ``objective``, in order. Each chain starts from the anchor of the last
             constrained loss. Default: ``n_points`` per constrained loss, evenly from
-            ``ideal_j`` (tightest) to ``nadir_j`` (loosest); see ``epsilon_grid``.
+            ``ideal_j`` (tightest) to ``nadir_j`` (loosest), run as warm-started phases
+            (see ``_EpsilonPhases``).
         objective: the loss the ε method minimises.
         ideal, nadir: K numbers overriding the estimates from the anchors (ideal: least
             value of each loss over the anchors; nadir: largest). With K ≥ 3 the anchors'
