@@ -243,3 +243,18 @@ def test_moopt_trace_multidigits_tiny(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "CE left digit" in printed
     assert len(json.loads((out / "front.json").read_text())["records"]) == 2
+
+
+def test_moopt_trace_on_a_process_pool_matches_in_process(tmp_path, capsys):
+    from moopt.cli import main
+
+    argv = ["trace", "circle-convex", "--methods", "linear", "--points", "3", "--steps", "50"]
+    assert main([*argv, "--out", str(tmp_path / "inline"), "--no-plot"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "pool"), "--no-plot", "--workers", "2"]) == 0
+    capsys.readouterr()
+
+    def losses(name):
+        records = json.loads((tmp_path / name / "front.json").read_text())["records"]
+        return sorted(tuple(r["losses"]) for r in records)
+
+    np.testing.assert_allclose(losses("inline"), losses("pool"), rtol=1e-6, atol=1e-9)
