@@ -104,7 +104,7 @@ def dual_cone_weights(
         free = v > u
     if not (gramian.requires_grad or lower.requires_grad):
         return v
-    return _differentiable_free_set_step(gramian, lower, v, free)
+    return with_implicit_derivative(v, _differentiable_free_set_step(gramian, lower, v, free))
 
 
 def _dual_cone_kkt(g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -208,12 +208,13 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
         support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
         for iteration in range(max_iter):
             if iteration % 25 == 0:
-                candidate = _min_norm_on_support(g_hat, support)
+                candidate = _min_norm_on_support(g_hat, support, clamp=True)
                 if _min_norm_kkt(g_hat, candidate) <= tol:
+                    solution = candidate
                     break
             w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
             if _min_norm_kkt(g_hat, w_next) <= tol:
-                support = w_next > 0
+                solution, support = w_next, w_next > 0
                 break
             restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
             t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
@@ -225,7 +226,19 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
             raise RuntimeError(
                 f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations"
             )
-    return _min_norm_on_support(gramian, support, clamp=True)
+    if not gramian.requires_grad:
+        return solution
+    return with_implicit_derivative(solution, _min_norm_on_support(gramian / scale, support))
+
+
+def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``solution``'s value with the derivative of ``step``, a re-solve on its active set.
+
+    The re-solve with autograd gives the implicit derivative for a fixed active set; its
+    value may differ from the checked ``solution`` only in degenerate (rank-deficient)
+    cases, where the derivative is then that of one particular solution.
+    """
+    return solution + (step - step.detach())
 
 
 def _min_norm_on_support(
@@ -328,7 +341,7 @@ def cagrad_dual(
             raise RuntimeError(
                 f"CAGrad dual solver did not reach tolerance {tol:g} in {max_iter} iterations"
             )
-    support_weights = _cagrad_on_support(gramian, anchor, radius, support)
+    support_weights = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
     if support_weights is None:
         raise RuntimeError("CAGrad dual solver lost its support on the final step")
     w_final, lam, _ = support_weights
@@ -406,8 +419,9 @@ def power_root(
 
     It is the unique minimiser of the strictly convex ``½ wᵀ G w − Σ_k φ(w_k)`` with
     ``φ' (w) = w^(-1/α)`` (``φ = log`` for α = 1), found by damped Newton steps (Armijo
-    backtracking, kept positive) from the solution for a diagonal Gramian. A final Newton
-    step with autograd gives the implicit derivative in ``G``.
+    backtracking on the objective, or a decrease of the residual where round-off hides
+    the objective's decrease; kept positive) from the solution for a diagonal Gramian.
+    A final Newton step with autograd gives the implicit derivative in ``G``.
 
     Raises:
         ValueError: when some task's gradient is zero (no positive solution exists).
@@ -438,12 +452,20 @@ def power_root(
             if float((res.abs() / w.pow(exponent)).max()) <= tol:
                 break
             hessian = g + torch.diag(-exponent * w.pow(exponent - 1.0))
-            direction = -torch.linalg.solve(hessian, res)
+            step_solution, info = torch.linalg.solve_ex(hessian, res)
+            if int(info) != 0:
+                w = torch.full_like(w, float("nan"))
+                break
+            direction = -step_solution
             ratio = torch.where(direction < 0, -w / direction, torch.full_like(w, float("inf")))
             step = min(1.0, 0.99 * float(ratio.min()))
             current = merit(g, w)
             slope = float(res @ direction)
-            while merit(g, w + step * direction) > current + 1e-4 * step * slope:
+            size = float(res.norm())
+            while (
+                merit(g, w + step * direction) > current + 1e-4 * step * slope
+                and float(residual(g, w + step * direction).norm()) >= size
+            ):
                 step /= 2.0
                 if step < 1e-30:
                     break

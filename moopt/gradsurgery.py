@@ -88,7 +88,10 @@ def check_gramian(gramian: object, n_tasks: int | None = None) -> torch.Tensor:
         raise ValueError(f"gramian is {gramian.shape[0]}×{gramian.shape[0]}; expected K={n_tasks}")
     finite = torch.isfinite(gramian.detach())
     if not bool(finite.all()):
-        bad = (~finite.all(dim=1)).nonzero().flatten().tolist()
+        diagonal = torch.isfinite(gramian.detach().diagonal())
+        bad = (~diagonal).nonzero().flatten().tolist() or (
+            ~finite.all(dim=1)
+        ).nonzero().flatten().tolist()
         raise ValueError(
             f"the gradients of tasks {bad} contain NaN or infinite values (non-finite Gramian)"
         )
@@ -340,7 +343,11 @@ class NashMTL(_Gramian):
         self.max_norm = check_positive(max_norm, "max_norm", allow_zero=True)
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        normalized = gramian / torch.linalg.matrix_norm(gramian.detach())
+        norms = gramian.detach().diagonal()
+        if bool((norms <= 0).any()):
+            zero = (norms <= 0).nonzero().flatten().tolist()
+            raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+        normalized = gramian / torch.linalg.matrix_norm(gramian)
         weights = _solvers.power_root(normalized, alpha=1.0)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
