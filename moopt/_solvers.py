@@ -44,6 +44,21 @@ def lipschitz_bound(gramian: torch.Tensor) -> torch.Tensor:
     return torch.minimum(detached.diagonal().sum(), detached.abs().sum(dim=1).max())
 
 
+def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve a symmetric (possibly indefinite or singular) system.
+
+    LU when it succeeds with a backward error below ``10·n·eps``; otherwise the min-norm
+    least-squares solution ``matrix⁺ rhs``.
+    """
+    solution, info = torch.linalg.solve_ex(matrix, rhs)
+    if int(info) == 0 and bool(torch.isfinite(solution).all()):
+        residual = float((matrix @ solution - rhs).abs().max())
+        size = float(matrix.abs().max() * solution.abs().max() + rhs.abs().max())
+        if residual <= 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size:
+            return solution
+    return torch.linalg.pinv(matrix, hermitian=True) @ rhs
+
+
 def project_simplex(y: torch.Tensor) -> torch.Tensor:
     """Euclidean projection of each column of ``y`` (K×B, or a K-vector) onto the simplex."""
     sorted_y = torch.sort(y, dim=0, descending=True).values
@@ -157,7 +172,7 @@ def _passive_minimiser(
     if bool(passive.any()):
         block = gramian[passive][:, passive]
         rhs = -linear[passive].unsqueeze(1)
-        result[passive] = torch.linalg.lstsq(block, rhs, driver="gelsd").solution.squeeze(1)
+        result[passive] = solve_symmetric(block, rhs).squeeze(1)
     return result
 
 
@@ -175,7 +190,7 @@ def _differentiable_free_set_step(
         fixed = torch.where(mask, torch.zeros_like(u), u)
         rhs = -(gramian[mask] @ fixed)
         block = gramian[mask][:, mask]
-        solution = torch.linalg.pinv(block, hermitian=True) @ rhs
+        solution = solve_symmetric(block, rhs)
         full = torch.zeros_like(u).masked_scatter(mask, solution)
         columns.append(torch.where(mask, full, u))
     return torch.stack(columns, dim=1)
@@ -253,7 +268,7 @@ def _min_norm_on_support(
     )
     rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
     rhs[-1] = 1.0
-    solution = torch.linalg.pinv(bordered, hermitian=True) @ rhs
+    solution = solve_symmetric(bordered, rhs)
     weights = torch.zeros(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
     weights = weights.masked_scatter(support, solution[:size])
     if clamp:
@@ -309,22 +324,22 @@ def cagrad_dual(
         support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
         step = 1.0
 
-        first = _cagrad_on_support(g_hat, b, r_hat, support)
-        if first is None or _cagrad_kkt(g_hat, b, r_hat, *first) > tol:
-            anchor_norm = float((b @ g_hat @ b).clamp(min=0.0).sqrt())
-            if r_hat >= anchor_norm:
-                closest = min_norm_simplex(g_hat, tol)
-                if float(closest @ g_hat @ closest) <= tol:
-                    return torch.zeros_like(anchor)
+        candidate = _cagrad_on_support(g_hat, b, r_hat, support)
+        accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+        if not accepted and r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
+            closest = min_norm_simplex(g_hat, tol)
+            if float(closest @ g_hat @ closest) <= tol:
+                return torch.zeros_like(anchor)
 
         def objective(x: torch.Tensor) -> float:
             return float(x @ linear + r_hat * (x @ g_hat @ x).clamp(min=0.0).sqrt())
 
-        for iteration in range(max_iter):
-            if iteration % 10 == 0:
-                candidate = _cagrad_on_support(g_hat, b, r_hat, support)
-                if candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol:
-                    break
+        iteration = 0
+        while not accepted:
+            if iteration == max_iter:
+                raise RuntimeError(
+                    f"CAGrad dual solver did not reach tolerance {tol:g} in {max_iter} iterations"
+                )
             norm = float((w @ g_hat @ w).clamp(min=0.0).sqrt())
             gradient = linear + (r_hat / max(norm, 1e-300)) * (g_hat @ w)
             current = objective(w)
@@ -337,15 +352,18 @@ def cagrad_dual(
                 step /= 2.0
             w = w_next
             support = w > 0
-        else:
-            raise RuntimeError(
-                f"CAGrad dual solver did not reach tolerance {tol:g} in {max_iter} iterations"
-            )
-    support_weights = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
-    if support_weights is None:
-        raise RuntimeError("CAGrad dual solver lost its support on the final step")
-    w_final, lam, _ = support_weights
-    return anchor + lam * w_final
+            iteration += 1
+            if iteration % 10 == 0:
+                candidate = _cagrad_on_support(g_hat, b, r_hat, support)
+                accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+    w_star, lam_star, _ = candidate
+    solution = anchor.detach() + lam_star * w_star
+    if not (gramian.requires_grad or radius.requires_grad):
+        return solution
+    step_weights = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
+    if step_weights is None:
+        return solution
+    return with_implicit_derivative(solution, anchor + step_weights[1] * step_weights[0])
 
 
 def _cagrad_on_support(
@@ -369,7 +387,7 @@ def _cagrad_on_support(
     rhs = torch.zeros(size + 1, 2, dtype=gramian.dtype, device=gramian.device)
     rhs[-1, 0] = 1.0
     rhs[:size, 1] = -(gramian @ b)[support]
-    solution = torch.linalg.pinv(bordered) @ rhs
+    solution = solve_symmetric(bordered, rhs)
     y0, y1 = solution[:size, 0], solution[:size, 1]
     sigma0, sigma1 = solution[size, 0], solution[size, 1]
     quad = y1 @ block @ y1 - r * r

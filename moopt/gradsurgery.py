@@ -183,9 +183,7 @@ class PCGrad(_Gramian):
             inner = (coefficients * gramian[others]).sum(dim=1)
             denominator = torch.where(squared_norms[others] > 0, squared_norms[others], 1.0)
             shift = torch.where((inner < 0) & (others != rows), -inner / denominator, 0.0)
-            coefficients = coefficients + torch.zeros_like(coefficients).index_put(
-                (rows, others), shift
-            )
+            coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
         weights = coefficients.sum(dim=0)
         return weights / n if self.reduction == "mean" else weights
 
@@ -556,9 +554,7 @@ class GradVac(_Gramian):
             shift = norm_i * (goal * root_cos - cosine * root_goal)
             shift = shift / (norms[others] * root_goal + self.eps)
             shift = torch.where(cosine < goal, shift, 0.0)
-            coefficients = coefficients + torch.zeros_like(coefficients).index_put(
-                (rows, others), shift
-            )
+            coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
             updated = (1.0 - self.beta) * goal + self.beta * cosine
             new_target[rows, others] = updated.detach()
         self.target = new_target
@@ -610,23 +606,32 @@ class GradDrop(GradientCombiner):
             bad = (~torch.isfinite(jacobian.detach()).all(dim=1)).nonzero().flatten().tolist()
             raise ValueError(f"the gradients of tasks {bad} contain NaN or infinite values")
         n = jacobian.shape[0]
-        if self.leak is None:
-            leak = torch.zeros(n, dtype=jacobian.dtype, device=jacobian.device)
-        elif self.leak.numel() != n:
+        if self.leak is not None and self.leak.numel() != n:
             raise ValueError(f"leak has {self.leak.numel()} entries but there are {n} tasks")
-        else:
-            leak = self.leak.to(dtype=jacobian.dtype, device=jacobian.device)
-        magnitude = jacobian.detach().abs().sum(dim=0)
-        ratio = jacobian.detach().sum(dim=0) / torch.where(magnitude > 0, magnitude, 1.0)
+        positive = jacobian.clamp(min=0.0)
+        negative = jacobian - positive
+        positive_sum, negative_sum = positive.sum(dim=0), negative.sum(dim=0)
+        magnitude = (positive_sum - negative_sum).detach()
+        total = (positive_sum + negative_sum).detach()
+        ratio = total / torch.where(magnitude > 0, magnitude, 1.0)
         purity = 0.5 * (1.0 + ratio)
         if self.f is not None:
             purity = self.f(purity)
         uniform = torch.rand(jacobian.shape[1], generator=self.generator, dtype=jacobian.dtype).to(
             jacobian.device
         )
-        keep = ((purity > uniform) & (jacobian > 0)) | ((purity < uniform) & (jacobian < 0))
-        scale = leak[:, None] + (1.0 - leak[:, None]) * keep.to(jacobian.dtype)
-        return (scale * jacobian).sum(dim=0)
+        keep_positive = (purity > uniform).to(jacobian.dtype)
+        keep_negative = (purity < uniform).to(jacobian.dtype)
+        # Σ_k (ℓ_k + (1 − ℓ_k) M_k) g_k, with M_k g_k = keep⁺ g_k⁺ + keep⁻ g_k⁻.
+        if self.leak is None:
+            return keep_positive * positive_sum + keep_negative * negative_sum
+        leak = self.leak.to(dtype=jacobian.dtype, device=jacobian.device)
+        masked = 1.0 - leak
+        return (
+            leak @ jacobian
+            + keep_positive * (masked @ positive)
+            + keep_negative * (masked @ negative)
+        )
 
 
 class ConFIG(_Gramian):

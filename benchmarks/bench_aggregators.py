@@ -1,0 +1,126 @@
+"""Workload (a) of issue 3: each aggregator alone on a random K×D Jacobian.
+
+For K ∈ {2, 4, 8, 32, 128} and D ∈ {1e4, 1e6}, times moopt's ``aggregate(J)`` beside
+TorchJD 0.18's aggregator for the same method, and the floor of every Gramian method:
+``G = J Jᵀ`` plus the final combination ``w @ J``. Prints one table with the ratios
+moopt/floor and TorchJD/moopt (median of the repeats, milliseconds).
+
+    PYTHONPATH=. python benchmarks/bench_aggregators.py          # all sizes that fit
+    PYTHONPATH=. python benchmarks/bench_aggregators.py --quick  # D = 1e6 only for K ≤ 8
+
+Skipped, and printed as such: K = 128 at D = 1e6 (a 512 MB Jacobian and ~33 GFLOP per
+Gramian: seconds per call on 2 cores); with ``--quick`` also K ≥ 32 at D = 1e6. A TorchJD
+aggregator whose optional solver is not installed (quadprog for UPGrad/DualProj, ecos for
+Nash-MTL) shows ``n/a``; one whose single call exceeds ``--budget`` seconds is timed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from moopt import gradsurgery as gs
+
+GRAMIAN_METHODS = {
+    "PCGrad": (gs.PCGrad, "PCGrad", {}),
+    "MGDA": (gs.MGDA, "MGDA", {}),
+    "CAGrad": (lambda: gs.CAGrad(c=0.5, rescale=0), "CAGrad", {"c": 0.5}),
+    "NashMTL": (lambda: gs.NashMTL(max_norm=0.0), "NashMTL", {"max_norm": 0.0}),
+    "IMTLG": (gs.IMTLG, "IMTLG", {}),
+    "GradVac": (gs.GradVac, "GradVac", {}),
+    "AlignedMTL": (gs.AlignedMTL, "AlignedMTL", {}),
+    "UPGrad": (gs.UPGrad, "UPGrad", {}),
+    "DualProj": (gs.DualProj, "DualProj", {}),
+    "ConFIG": (gs.ConFIG, "ConFIG", {}),
+    "FairGrad": (lambda: gs.FairGrad(alpha=1.0), "FairGrad", {"alpha": 1.0}),
+}
+OTHER_METHODS = {"GradDrop": (gs.GradDrop, "GradDrop", {})}
+
+
+def median_ms(function: Callable[[], object], repeats: int, budget: float) -> float:
+    """Median wall time of ``function`` in ms (one warm-up; one run if it exceeds budget)."""
+    start = time.perf_counter()
+    function()
+    first = time.perf_counter() - start
+    if first > budget:
+        return 1e3 * first
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def torchjd_aggregator(name: str, n_tasks: int, kwargs: dict) -> Callable | None:
+    """TorchJD's aggregator for ``name``, or None when its optional solver is missing."""
+    try:
+        from torchjd import aggregation
+    except ImportError:
+        return None
+    if name == "NashMTL":
+        kwargs = {**kwargs, "n_tasks": n_tasks}
+    try:
+        aggregator = getattr(aggregation, name)(**kwargs)
+        probe = torch.randn(n_tasks, 3)
+        aggregator(probe)
+    except ImportError:
+        return None
+    return aggregator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell")
+    parser.add_argument("--budget", type=float, default=2.0, help="seconds: above, time once")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--tasks", type=int, nargs="*", default=[2, 4, 8, 32, 128])
+    parser.add_argument("--dims", type=int, nargs="*", default=[10_000, 1_000_000])
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (5 if args.quick else 11)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, ms (median)")
+    header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'torchjd':>9}"
+    print(header + f" {'moopt/floor':>11} {'torchjd/moopt':>13}")
+    generator = torch.Generator().manual_seed(0)
+    for dim in args.dims:
+        for n_tasks in args.tasks:
+            if dim >= 1_000_000 and (n_tasks >= 128 or (args.quick and n_tasks >= 32)):
+                print(f"{n_tasks:>4} {dim:>8} skipped (too long on 2 cores)")
+                continue
+            jacobian = torch.randn(n_tasks, dim, generator=generator)
+            weights = torch.full((n_tasks,), 1.0 / n_tasks)
+
+            def floor() -> torch.Tensor:
+                gramian = jacobian @ jacobian.T
+                return (weights + 0.0 * gramian[0, 0]) @ jacobian
+
+            floor_ms = median_ms(floor, repeats, args.budget)
+            for name, (factory, jd_name, jd_kwargs) in {**GRAMIAN_METHODS, **OTHER_METHODS}.items():
+                ours = factory()
+                ours_ms = median_ms(lambda: ours.aggregate(jacobian), repeats, args.budget)
+                theirs = torchjd_aggregator(jd_name, n_tasks, jd_kwargs)
+                if theirs is None:
+                    theirs_text, ratio_text = "n/a", "n/a"
+                else:
+                    theirs_ms = median_ms(lambda: theirs(jacobian), repeats, args.budget)
+                    theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
+                gramian_method = name in GRAMIAN_METHODS
+                floor_text = f"{floor_ms:9.2f}" if gramian_method else f"{'-':>9}"
+                over = f"{ours_ms / floor_ms:11.2f}" if gramian_method else f"{'-':>11}"
+                print(
+                    f"{n_tasks:>4} {dim:>8} {name:<11} {floor_text} {ours_ms:9.2f} "
+                    f"{theirs_text:>9} {over} {ratio_text:>13}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
