@@ -2,8 +2,10 @@
 
 For K ∈ {2, 4, 8, 32, 128} and D ∈ {1e4, 1e6}, times moopt's ``aggregate(J)`` beside
 TorchJD 0.18's aggregator for the same method, and the floor of every Gramian method:
-``G = J Jᵀ`` plus the final combination ``w @ J``. Prints one table with the ratios
-moopt/floor and TorchJD/moopt (median of the repeats, milliseconds).
+``G = J Jᵀ`` plus the final combination ``w @ J``, timed alternately with each method so
+both see the same load. Prints one table with the ratios
+moopt/floor and TorchJD/moopt (median of the repeats, milliseconds). The row
+``UPGrad w(G)`` times UPGrad's weights alone on a precomputed Gramian (the dual-cone QPs).
 
     PYTHONPATH=. python benchmarks/bench_aggregators.py          # all sizes that fit
     PYTHONPATH=. python benchmarks/bench_aggregators.py --quick  # D = 1e6 only for K ≤ 8
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -41,19 +45,38 @@ GRAMIAN_METHODS = {
 OTHER_METHODS = {"GradDrop": (gs.GradDrop, "GradDrop", {})}
 
 
-def median_ms(function: Callable[[], object], repeats: int, budget: float) -> float:
-    """Median wall time of ``function`` in ms (one warm-up; one run if it exceeds budget)."""
-    start = time.perf_counter()
-    function()
-    first = time.perf_counter() - start
-    if first > budget:
-        return 1e3 * first
-    times = []
-    for _ in range(repeats):
+def median_ms(
+    function: Callable[..., object],
+    *args: object,
+    repeats: int,
+    budget: float,
+    reference: Callable[..., object] | None = None,
+) -> tuple[float, float]:
+    """Median wall times in ms of ``function(*args)`` and, alternating with it in the same
+    loop, of ``reference(*args)`` (0 when None), so both see the same load. One warm-up;
+    timed once when the warm-up exceeds ``budget`` seconds."""
+    functions = [function] if reference is None else [function, reference]
+    first = []
+    for f in functions:
         start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        f(*args)
+        first.append(time.perf_counter() - start)
+    if max(first) > budget:
+        return 1e3 * first[0], 1e3 * first[-1] if reference is not None else 0.0
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(repeats):
+        for f, record in zip(functions, times):
+            start = time.perf_counter()
+            f(*args)
+            record.append(time.perf_counter() - start)
+    medians = [1e3 * statistics.median(record) for record in times]
+    return medians[0], medians[-1] if reference is not None else 0.0
+
+
+def gramian_floor(jacobian: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The floor of every Gramian method: ``G = J Jᵀ`` and the combination ``w @ J``."""
+    gramian = jacobian @ jacobian.T
+    return (weights + 0.0 * gramian[0, 0]) @ jacobian
 
 
 def torchjd_aggregator(name: str, n_tasks: int, kwargs: dict) -> Callable | None:
@@ -82,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, nargs="*", default=[2, 4, 8, 32, 128])
     parser.add_argument("--dims", type=int, nargs="*", default=[10_000, 1_000_000])
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)  # cvxpy's DPP/accuracy notes
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 11)
@@ -96,22 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             jacobian = torch.randn(n_tasks, dim, generator=generator)
             weights = torch.full((n_tasks,), 1.0 / n_tasks)
-
-            def floor() -> torch.Tensor:
-                gramian = jacobian @ jacobian.T
-                return (weights + 0.0 * gramian[0, 0]) @ jacobian
-
-            floor_ms = median_ms(floor, repeats, args.budget)
+            timing = {"repeats": repeats, "budget": args.budget}
             for name, (factory, jd_name, jd_kwargs) in {**GRAMIAN_METHODS, **OTHER_METHODS}.items():
-                ours = factory()
-                ours_ms = median_ms(lambda: ours.aggregate(jacobian), repeats, args.budget)
+                gramian_method = name in GRAMIAN_METHODS
+                floor = partial(gramian_floor, weights=weights) if gramian_method else None
+                ours_ms, floor_ms = median_ms(
+                    factory().aggregate, jacobian, reference=floor, **timing
+                )
                 theirs = torchjd_aggregator(jd_name, n_tasks, jd_kwargs)
                 if theirs is None:
                     theirs_text, ratio_text = "n/a", "n/a"
                 else:
-                    theirs_ms = median_ms(lambda: theirs(jacobian), repeats, args.budget)
+                    theirs_ms, _ = median_ms(theirs, jacobian, **timing)
                     theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
-                gramian_method = name in GRAMIAN_METHODS
                 floor_text = f"{floor_ms:9.2f}" if gramian_method else f"{'-':>9}"
                 over = f"{ours_ms / floor_ms:11.2f}" if gramian_method else f"{'-':>11}"
                 print(
@@ -119,6 +140,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"{theirs_text:>9} {over} {ratio_text:>13}",
                     flush=True,
                 )
+            gramian = jacobian @ jacobian.T
+            ours_ms, _ = median_ms(gs.UPGrad().weights, gramian, **timing)
+            theirs = torchjd_aggregator("UPGrad", n_tasks, {})
+            theirs_text, ratio_text = "n/a", "n/a"
+            if theirs is not None:
+                theirs_ms, _ = median_ms(theirs.gramian_weighting, gramian, **timing)
+                theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
+            print(
+                f"{n_tasks:>4} {dim:>8} {'UPGrad w(G)':<11} {'-':>9} {ours_ms:9.2f} "
+                f"{theirs_text:>9} {'-':>11} {ratio_text:>13}",
+                flush=True,
+            )
     return 0
 
 
