@@ -4,7 +4,7 @@ For K ∈ {2, 4, 8, 32, 128} and D ∈ {1e4, 1e6}, times moopt's ``aggregate(J)`
 TorchJD 0.18's aggregator for the same method, and the floor of every Gramian method:
 ``G = J Jᵀ`` plus the final combination ``w @ J``, timed alternately with each method so
 both see the same load. Prints one table with the ratios
-moopt/floor and TorchJD/moopt (median of the repeats, milliseconds). The row
+moopt/floor and TorchJD/moopt (median CPU milliseconds of the repeats). The row
 ``UPGrad w(G)`` times UPGrad's weights alone on a precomputed Gramian (the dual-cone QPs).
 
     PYTHONPATH=. python benchmarks/bench_aggregators.py          # all sizes that fit
@@ -52,23 +52,28 @@ def median_ms(
     budget: float,
     reference: Callable[..., object] | None = None,
 ) -> tuple[float, float]:
-    """Median wall times in ms of ``function(*args)`` and, alternating with it in the same
-    loop, of ``reference(*args)`` (0 when None), so both see the same load. One warm-up;
-    timed once when the warm-up exceeds ``budget`` seconds."""
+    """Median CPU times in ms of ``function(*args)`` and, alternating with it in the same
+    loop, of ``reference(*args)`` (0 when None). One warm-up; timed once when the warm-up
+    exceeds ``budget`` seconds.
+
+    CPU time of the process (``time.process_time``), not wall time: on a shared machine the
+    process gets a fraction of a core and wall times are inflated and noisy. With one
+    torch thread (``--threads 1``) CPU time is what the call costs on an idle core.
+    """
     functions = [function] if reference is None else [function, reference]
     first = []
     for f in functions:
-        start = time.perf_counter()
+        start = time.process_time()
         f(*args)
-        first.append(time.perf_counter() - start)
+        first.append(time.process_time() - start)
     if max(first) > budget:
         return 1e3 * first[0], 1e3 * first[-1] if reference is not None else 0.0
     times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
         for f, record in zip(functions, times):
-            start = time.perf_counter()
+            start = time.process_time()
             f(*args)
-            record.append(time.perf_counter() - start)
+            record.append(time.process_time() - start)
     medians = [1e3 * statistics.median(record) for record in times]
     return medians[0], medians[-1] if reference is not None else 0.0
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 11)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, ms (median)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU ms (median)")
     header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'torchjd':>9}"
     print(header + f" {'moopt/floor':>11} {'torchjd/moopt':>13}")
     generator = torch.Generator().manual_seed(0)

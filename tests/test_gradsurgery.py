@@ -400,3 +400,36 @@ def test_backward_accumulates_the_aggregate(name: str) -> None:
     torch.manual_seed(0)
     ALL[name]().backward(losses, params)
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in params]), expected)
+
+
+@pytest.mark.parametrize(("n_tasks", "rank"), [(20, 6), (24, 24)])
+def test_dual_cone_projection_on_hard_problems(n_tasks: int, rank: int) -> None:
+    # Low rank or strongly correlated gradients: FISTA alone stalls and the active-set
+    # finish must deliver the exact projection (checked by its KKT conditions and cvxpy).
+    cp = pytest.importorskip("cvxpy")
+    jacobian = make_jacobian(n_tasks, 40, rank, 1.0, n_tasks, shared=-2.0)
+    jacobian[::3] *= 100.0
+    gramian = jacobian @ jacobian.T
+    weights = gs.UPGrad().weights(gramian)
+    update = weights @ jacobian
+    scale = float(gramian.diagonal().max())
+    assert float((jacobian @ update).min()) >= -1e-9 * scale
+    numpy_jacobian = jacobian.numpy()
+    for task in (0, 1):
+        v = cp.Variable(n_tasks)
+        lower = np.eye(n_tasks)[task] / n_tasks
+        cp.Problem(cp.Minimize(cp.sum_squares(numpy_jacobian.T @ v)), [v >= lower]).solve(
+            solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+        )
+        ours = gs.UPGrad(pref=np.eye(n_tasks)[task].tolist()).aggregate(jacobian).numpy()
+        expected = n_tasks * (numpy_jacobian.T @ v.value)
+        assert np.linalg.norm(ours - expected) <= 1e-5 * np.linalg.norm(numpy_jacobian[task])
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_float32_matches_float64(name: str) -> None:
+    jacobian = make_jacobian(4, 12, 4, 1.0, 6, shared=-0.5)
+    expected = DETERMINISTIC[name]().aggregate(jacobian)
+    update = DETERMINISTIC[name]().aggregate(jacobian.float())
+    assert update.dtype == torch.float32
+    assert float((update.double() - expected).norm()) <= 1e-4 * float(expected.norm())
