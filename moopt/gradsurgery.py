@@ -184,12 +184,18 @@ class PCGrad(_Gramian):
         rows = torch.arange(n, device=gramian.device)
         coefficients = torch.eye(n, dtype=gramian.dtype, device=gramian.device)
         squared_norms = gramian.diagonal()
+        # Gathered once: row ``orders[i, p]`` of G, its squared norm, and "is another task".
+        visited_rows = gramian[orders]
+        denominators = torch.where(squared_norms > 0, squared_norms, 1.0)[orders]
+        is_other = orders != rows[:, None]
         for position in range(n):
-            others = orders[:, position]
-            inner = (coefficients * gramian[others]).sum(dim=1)
-            denominator = torch.where(squared_norms[others] > 0, squared_norms[others], 1.0)
-            shift = torch.where((inner < 0) & (others != rows), -inner / denominator, 0.0)
-            coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
+            inner = (coefficients * visited_rows[:, position]).sum(dim=1)
+            shift = torch.where(
+                (inner < 0) & is_other[:, position], -inner / denominators[:, position], 0.0
+            )
+            coefficients = coefficients.index_put(
+                (rows, orders[:, position]), shift, accumulate=True
+            )
         weights = coefficients.sum(dim=0)
         return weights / n if self.reduction == "mean" else weights
 
