@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--tasks", type=int, nargs="*", default=[2, 4, 8, 32, 128])
     parser.add_argument("--dims", type=int, nargs="*", default=[10_000, 1_000_000])
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of method names")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # cvxpy's DPP/accuracy notes
     if args.threads:
@@ -117,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU ms (median)")
     header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'torchjd':>9}"
     print(header + f" {'moopt/floor':>11} {'torchjd/moopt':>13}")
+    methods = {**GRAMIAN_METHODS, **OTHER_METHODS}
+    if args.methods is not None:
+        unknown = sorted(set(args.methods) - set(methods) - {"UPGrad-w"})
+        if unknown:
+            parser.error(f"unknown methods {unknown}; choose from {sorted(methods)} or UPGrad-w")
+        methods = {name: methods[name] for name in methods if name in args.methods}
     generator = torch.Generator().manual_seed(0)
     for dim in args.dims:
         for n_tasks in args.tasks:
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             jacobian = torch.randn(n_tasks, dim, generator=generator)
             weights = torch.full((n_tasks,), 1.0 / n_tasks)
             timing = {"repeats": repeats, "budget": args.budget}
-            for name, (factory, jd_name, jd_kwargs) in {**GRAMIAN_METHODS, **OTHER_METHODS}.items():
+            for name, (factory, jd_name, jd_kwargs) in methods.items():
                 gramian_method = name in GRAMIAN_METHODS
                 floor = partial(gramian_floor, weights=weights) if gramian_method else None
                 ours_ms, floor_ms = median_ms(
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{theirs_text:>9} {over} {ratio_text:>13}",
                     flush=True,
                 )
+            if args.methods is not None and "UPGrad-w" not in args.methods:
+                continue
             gramian = jacobian @ jacobian.T
             ours_ms, _ = median_ms(gs.UPGrad().weights, gramian, **timing)
             theirs = torchjd_aggregator("UPGrad", n_tasks, {})

@@ -620,12 +620,10 @@ class GradDrop(GradientCombiner):
         n = jacobian.shape[0]
         if self.leak is not None and self.leak.numel() != n:
             raise ValueError(f"leak has {self.leak.numel()} entries but there are {n} tasks")
-        positive = jacobian.clamp(min=0.0)
-        negative = jacobian - positive
-        positive_sum, negative_sum = positive.sum(dim=0), negative.sum(dim=0)
-        magnitude = (positive_sum - negative_sum).detach()
-        total = (positive_sum + negative_sum).detach()
-        ratio = total / torch.where(magnitude > 0, magnitude, 1.0)
+        # With g⁺ = (g + |g|)/2 and g⁻ = (g − |g|)/2, every sum needs only J and |J|.
+        absolute = jacobian.abs()
+        total, magnitude = jacobian.sum(dim=0), absolute.sum(dim=0)
+        ratio = total.detach() / torch.where(magnitude > 0, magnitude, 1.0).detach()
         purity = 0.5 * (1.0 + ratio)
         if self.f is not None:
             purity = self.f(purity)
@@ -635,15 +633,12 @@ class GradDrop(GradientCombiner):
         keep_positive = (purity > uniform).to(jacobian.dtype)
         keep_negative = (purity < uniform).to(jacobian.dtype)
         # Σ_k (ℓ_k + (1 − ℓ_k) M_k) g_k, with M_k g_k = keep⁺ g_k⁺ + keep⁻ g_k⁻.
-        if self.leak is None:
-            return keep_positive * positive_sum + keep_negative * negative_sum
-        leak = self.leak.to(dtype=jacobian.dtype, device=jacobian.device)
-        masked = 1.0 - leak
-        return (
-            leak @ jacobian
-            + keep_positive * (masked @ positive)
-            + keep_negative * (masked @ negative)
-        )
+        if self.leak is not None:
+            leak = self.leak.to(dtype=jacobian.dtype, device=jacobian.device)
+            masked = 1.0 - leak
+            total, magnitude = masked @ jacobian, masked @ absolute
+        update = 0.5 * (keep_positive * (total + magnitude) + keep_negative * (total - magnitude))
+        return update if self.leak is None else update + leak @ jacobian
 
 
 class ConFIG(_Gramian):
