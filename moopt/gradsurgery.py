@@ -614,15 +614,15 @@ class GradDrop(GradientCombiner):
     def aggregate(self, jacobian: torch.Tensor) -> torch.Tensor:
         """The GradDrop update of the K×D per-task gradients."""
         check_jacobian(jacobian, self.n_tasks)
-        if not bool(torch.isfinite(jacobian.detach()).all()):
-            bad = (~torch.isfinite(jacobian.detach()).all(dim=1)).nonzero().flatten().tolist()
-            raise ValueError(f"the gradients of tasks {bad} contain NaN or infinite values")
         n = jacobian.shape[0]
         if self.leak is not None and self.leak.numel() != n:
             raise ValueError(f"leak has {self.leak.numel()} entries but there are {n} tasks")
         # With g⁺ = (g + |g|)/2 and g⁻ = (g − |g|)/2, every sum needs only J and |J|.
         absolute = jacobian.abs()
         total, magnitude = jacobian.sum(dim=0), absolute.sum(dim=0)
+        if not bool(torch.isfinite(magnitude.detach()).all()):
+            bad = (~torch.isfinite(jacobian.detach()).all(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"the gradients of tasks {bad} contain NaN or infinite values")
         ratio = total.detach() / torch.where(magnitude > 0, magnitude, 1.0).detach()
         purity = 0.5 * (1.0 + ratio)
         if self.f is not None:
