@@ -52,8 +52,9 @@ def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """
     solution, info = torch.linalg.solve_ex(matrix, rhs)
     if int(info) == 0 and bool(torch.isfinite(solution).all()):
-        residual = float((matrix @ solution - rhs).abs().max())
-        size = float(matrix.abs().max() * solution.abs().max() + rhs.abs().max())
+        a, x, b = matrix.detach(), solution.detach(), rhs.detach()
+        residual = float((a @ x - b).abs().max())
+        size = float(a.abs().max() * x.abs().max() + b.abs().max())
         if residual <= 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size:
             return solution
     return torch.linalg.pinv(matrix, hermitian=True) @ rhs
