@@ -369,7 +369,7 @@ def cagrad_dual(
     tol = default_tolerance(gramian.dtype) if tol is None else tol
     n_tasks = gramian.shape[0]
     scale = gramian_scale(gramian)
-    if float(scale) == 0.0 or float(radius) == 0.0:
+    if float(scale) == 0.0 or float(radius.detach()) == 0.0:
         return anchor.clone()
     with torch.no_grad():
         g_hat = gramian.detach() / scale
@@ -463,7 +463,8 @@ def _cagrad_on_support(
             continue
         w = torch.zeros_like(b).masked_scatter(support, y0 + mu * y1)
         candidate = (w, 1.0 / mu, (sigma0 + mu * sigma1) / mu)
-        violation = _cagrad_kkt(gramian.detach(), b.detach(), float(r), *_detached(candidate))
+        radius = float(r.detach()) if isinstance(r, torch.Tensor) else float(r)
+        violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
         if violation < best_violation:
             best, best_violation = candidate, violation
     return best
