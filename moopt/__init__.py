@@ -7,6 +7,9 @@ by the function that needs it.
 from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
 
+# Adaptive loss weighting (issue 3, loss-level methods).
+from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
+
 # Gradient-level combiners (gradient surgery: moopt/gradsurgery.py)
 from moopt.gradsurgery import (
     IMTLG,
@@ -53,4 +56,10 @@ __all__ = [
     "UncertaintyWeighting",
     "problems",
     "__version__",
+    # Adaptive loss weighting (issue 3, loss-level methods).
+    "DWA",
+    "FAMO",
+    "GeometricMean",
+    "RLW",
+    "ScaleInvariant",
 ]
