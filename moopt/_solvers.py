@@ -103,12 +103,13 @@ def dual_cone_weights(
         momentum_point = v
         t = 1.0
         residual = _dual_cone_kkt(g_hat, u, v)
-        if v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol:
+        polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+        if polish:
             # First guess of the free sets: the constraints that u itself violates.
             guess = u + (g_hat @ u < 0).to(u.dtype)
             guessed, guessed_residual = _polish_on_free_sets(g_hat, u, guess, residual, tol)
             if float(guessed_residual.max()) <= tol:
-                v, residual = guessed, guessed_residual
+                v, residual, polish = guessed, guessed_residual, False
         for _ in range(fista_iter):
             if float(residual.max()) <= tol:
                 break
@@ -120,7 +121,7 @@ def dual_cone_weights(
             t = 1.0 if bool(restart.any()) else t_next
             v = v_next
             residual = _dual_cone_kkt(g_hat, u, v)
-        if v.shape[0] <= POLISH_MAX_TASKS:
+        if polish:
             v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
         for column in (residual > tol).nonzero().flatten().tolist():
             u_col = u[:, column]
