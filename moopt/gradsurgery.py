@@ -537,6 +537,13 @@ class GradVac(_Gramian):
         """Forget the EMA targets φ̂ (the next call starts from zero)."""
         self.target = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A fresh GradVac has no targets yet: make room for the saved ones before loading.
+        saved = state_dict.get(prefix + "target")
+        if saved is not None and self.target is None:
+            self.target = torch.empty_like(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
         if self.target is None:

@@ -433,3 +433,12 @@ def test_float32_matches_float64(name: str) -> None:
     update = DETERMINISTIC[name]().aggregate(jacobian.float())
     assert update.dtype == torch.float32
     assert float((update.double() - expected).norm()) <= 1e-4 * float(expected.norm())
+
+
+def test_gradvac_state_dict_loads_into_a_fresh_instance():
+    jacobian = torch.randn(3, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    trained = gs.GradVac(generator=torch.Generator().manual_seed(1))
+    trained.aggregate(jacobian)
+    fresh = gs.GradVac(generator=torch.Generator().manual_seed(1))
+    fresh.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(fresh.target, trained.target)
