@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from _diagnosis_notes import explain_unsupported
 
     from moopt._digits_models import VAETraining
     from moopt.frontier import trace
@@ -75,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     diagnosis = front.diagnose()
     print(diagnosis)
-    print()
-    print(explain_unsupported(front, diagnosis))
     figure = front.plot(diagnosis=diagnosis, title="Digits VAE: rate vs distortion (training set)")
     path = os.path.join(args.out, "digits_vae.png")
     figure.savefig(path, dpi=120, bbox_inches="tight")

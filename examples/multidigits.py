@@ -19,13 +19,11 @@ What to look for: most linear runs end with one task at chance (CE ≈ ln 10 ≈
 accuracy) — whichever task grabs the bottleneck early keeps it — whereas Chebyshev and
 ε runs land on balanced points. The diagnosis explains why: the all-or-nothing linear
 runs have a higher value of their own weighted objective than points other methods
-found (a basin, not a limit of linear weights). With its default tolerance (1% of the
-front's range) it also flags a few points as unsupported; the example sorts them out
-(``_diagnosis_notes.py``): linear runs among them are failed runs (a perfectly optimised
-linear run is always supported), and the others lie less deep below the hull than two
-seeds of one configuration land apart. Diagnosed again with that scatter as tolerance,
-the front is convex up to run-to-run noise: linear weights failed by optimisation
-basins, not by concavity.
+found (a basin, not a limit of linear weights). Points that lie a little below the hull
+of the others are weighed against run-to-run noise: with two seeds per configuration,
+``diagnose`` takes the seeds' scatter as its tolerance, and linear runs are never taken
+as evidence of concavity (a perfectly optimised linear run is always supported). Its
+verdict: linear weights failed by optimisation basins, not by concavity.
 
 Run: ``python examples/multidigits.py`` (about 1–3 minutes on 2 CPU cores; the sweep is
 stored under ``--out`` so a re-run resumes). Writes ``multidigits.png`` there.
@@ -86,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from _diagnosis_notes import explain_unsupported, seed_scatter
 
     from moopt._digits_models import MultiDigitsTraining
     from moopt.frontier import trace
@@ -114,17 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(summary(front))
     print()
-    print("Diagnosis (default tolerance: 1% of the front's range):")
     diagnosis = front.diagnose()
     print(diagnosis)
-    print()
-    print(explain_unsupported(front, diagnosis))
-    scatter = seed_scatter(front)
-    if scatter.size:
-        tolerance = max(0.01, float(np.quantile(scatter, 0.75)))
-        print(f"\nDiagnosis with the seeds' upper-quartile scatter as tolerance ({tolerance:.3f}):")
-        diagnosis = front.diagnose(support_tol=tolerance)
-        print(diagnosis)
     figure = front.plot(
         diagnosis=diagnosis, title="MultiDigits, 2-unit bottleneck: training cross-entropies"
     )

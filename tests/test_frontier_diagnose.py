@@ -108,3 +108,31 @@ def test_unsupported_linear_point_is_a_failed_run_not_concavity():
     assert not diagnosis.concave.any() and not diagnosis.is_concave
     assert [f.index for f in diagnosis.failed] == [2]
     assert "concavely" not in str(diagnosis) and "not concavity" in str(diagnosis)
+
+
+def _seeded_front(rows):
+    """rows: (method, seed, weights, epsilon, losses)."""
+    records = [
+        PointRecord(
+            PointConfig(method, seed, weights=weights, epsilon=eps, objective=0 if eps else None),
+            tuple(losses),
+            None,
+            0.0,
+            key=str(i),
+        )
+        for i, (method, seed, weights, eps, losses) in enumerate(rows)
+    ]
+    return Front(records)
+
+
+def test_default_tolerance_follows_the_seeds_scatter():
+    # A point 2.5 % of the range below the hull of the others: concave at a 1 % tolerance,
+    # but two seeds of each configuration land 10 % apart, so it is within the noise.
+    ends = [("linear", s, w, None, p) for s in (0, 1) for w, p in (((1.0, 0.0), (0, 1)),)]
+    ends += [("linear", s, (0.0, 1.0), None, (1.0 + 0.1 * s, 0.0)) for s in (0, 1)]
+    middle = [("epsilon", s, None, (None, 0.5), (0.55 + 0.1 * s, 0.5)) for s in (0, 1)]
+    front = _seeded_front(ends + middle)
+    noisy = diagnose(front)
+    assert noisy.support_tol == pytest.approx(0.1, rel=1e-6)
+    assert not noisy.is_concave and "not called concave" in str(noisy)
+    assert diagnose(front, support_tol=0.01).is_concave

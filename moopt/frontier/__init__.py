@@ -46,7 +46,7 @@ stacked module parameters.
 
 from moopt.frontier._config import METHODS, PointConfig, simplex_lattice
 from moopt.frontier._sweep import InlineExecutor, trace
-from moopt.frontier.diagnose import Diagnosis, diagnose
+from moopt.frontier.diagnose import Diagnosis, diagnose, seed_scatter
 from moopt.frontier.front import Front
 from moopt.frontier.indicators import hypervolume, igd, igd_plus, nondominated_mask
 from moopt.frontier.module_training import ModuleTraining
@@ -72,6 +72,7 @@ __all__ = [
     "igd_plus",
     "nondominated_mask",
     "plot_front",
+    "seed_scatter",
     "simplex_lattice",
     "trace",
 ]

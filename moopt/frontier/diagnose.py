@@ -24,6 +24,12 @@ From the points found by any methods, :func:`diagnose` reports three things:
 
 Everything is relative to the points found: a concave stretch that no method reached is
 invisible, and a stretch is called concave only when points inside it were found.
+
+**Noise.** On a real model every point carries training noise. When some configuration
+was run with several seeds, the default tolerance (``support_tol=None``) is the larger of
+1 % of the range and the upper quartile of how far two seeds of one configuration land
+apart (:func:`seed_scatter`): a point that lies less deep than run-to-run noise is not
+called concave. The report says which tolerance it used.
 """
 
 from __future__ import annotations
@@ -52,15 +58,15 @@ class Gap:
     """Neighbouring weights of one seed whose linear runs landed far apart.
 
     ``inside`` lists the concave-evidence points (unsupported, found by a non-linear
-    method) in the box spanned by the two landing points; ``found_inside`` counts every
-    point of a non-linear method there.
+    method) in the box spanned by the two landing points; ``found`` lists every point of a
+    non-linear method there.
     """
 
     first: int
     second: int
     distance: float
     inside: list[int]
-    found_inside: int = 0
+    found: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def unsupported_inside(self) -> int:
@@ -159,6 +165,9 @@ class Diagnosis:
         failed: linear runs that failed their own objective (:class:`FailedRun`).
         gaps: jumps between neighbouring linear weights (:class:`Gap`).
         linear_at_ends: how many linear runs landed at an end of the front, and of how many.
+        support_tol: the depth tolerance used (given, or chosen from the seeds' scatter).
+        scatter: per configuration run with several seeds, how far its seeds landed apart
+            (normalised; empty when every configuration ran once).
     """
 
     def __init__(
@@ -172,6 +181,8 @@ class Diagnosis:
         failed: list[FailedRun],
         gaps: list[Gap],
         linear_at_ends: tuple[int, int],
+        support_tol: float,
+        scatter: np.ndarray,
     ) -> None:
         self.front = front
         self.nondominated = nondominated
@@ -182,6 +193,8 @@ class Diagnosis:
         self.failed = failed
         self.gaps = gaps
         self.linear_at_ends = linear_at_ends
+        self.support_tol = support_tol
+        self.scatter = scatter
 
     @property
     def is_concave(self) -> bool:
@@ -206,6 +219,12 @@ class Diagnosis:
             f"Front of {len(front)} points ({', '.join(front.method_names())}); "
             f"{int(self.nondominated.sum())} non-dominated."
         ]
+        if self.scatter.size:
+            lines[0] += (
+                f" Seeds of one configuration land {np.median(self.scatter):.1%} of the "
+                f"range apart (median); points less deep than {self.support_tol:.1%} are "
+                "not called concave."
+            )
         for stretch in self.stretches:
             methods = sorted({front.methods[i] for i in stretch.indices})
             where = self._range(stretch.low, stretch.high)
@@ -220,7 +239,8 @@ class Diagnosis:
             weights = ", ".join(f"{w:.3g}" for w in worst.weights)
             lines.append(
                 f"- {len(self.failed)} linear run(s) did not minimise their own weighted sum: "
-                f"e.g. w=({weights}) reached {worst.value:.4g}, but a {worst.best_method} "
+                f"e.g. w=({weights}) reached {worst.value:.4g}, but "
+                f"{'an' if worst.best_method[0] in 'aeiou' else 'a'} {worst.best_method} "
                 f"point gives {worst.best_value:.4g} for the same weights. That is an "
                 "optimisation failure (a worse basin, the initialisation, or too few steps), "
                 "not a limit of linear weights: use more seeds or steps, or chebyshev/epsilon."
@@ -240,8 +260,8 @@ class Diagnosis:
                     f" The gaps hold {inside} unsupported point(s) found by other methods: "
                     "the front there is concave, and linear weights jump across it."
                 )
-            elif any(gap.found_inside for gap in self.gaps):
-                found = sum(gap.found_inside for gap in self.gaps)
+            elif any(gap.found for gap in self.gaps):
+                found = len({i for gap in self.gaps for i in gap.found})
                 text += (
                     f" Other methods found {found} point(s) inside, all reachable by some "
                     "linear weight: the jump comes from optimisation (basins, "
@@ -279,7 +299,7 @@ class Diagnosis:
 
 def diagnose(
     front: Front,
-    support_tol: float = 1e-2,
+    support_tol: float | None = None,
     fail_tol: float = 1e-2,
     gap: float = 0.3,
 ) -> Diagnosis:
@@ -287,9 +307,9 @@ def diagnose(
 
     Args:
         front: points found by any methods (their union is the comparison set).
-        support_tol: normalised depth above which a point counts as unsupported (the
-            default, 1% of the front's range, ignores the numerical scatter of runs that
-            all stop near one end).
+        support_tol: normalised depth above which a point counts as unsupported.
+            ``None`` (default): 1% of the front's range, or the upper quartile of the
+            seeds' scatter when that is larger (see "Noise" in the module docstring).
         fail_tol: a linear run failed when another point beats its weighted sum by more
             than ``fail_tol · Σ_k w_k range_k``.
         gap: normalised distance between neighbouring linear runs that counts as a gap
@@ -297,8 +317,11 @@ def diagnose(
     """
     if not isinstance(front, Front):
         raise TypeError(f"front must be a moopt.frontier.Front; got {type(front).__name__}")
-    for name, value in (("support_tol", support_tol), ("fail_tol", fail_tol), ("gap", gap)):
-        if not isinstance(value, (int, float)) or value < 0:
+    given = {"fail_tol": fail_tol, "gap": gap}
+    if support_tol is not None:
+        given["support_tol"] = support_tol
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{name} must be a non-negative number; got {value!r}")
     n = len(front)
     if n == 0:
@@ -311,6 +334,9 @@ def diagnose(
     depth = np.zeros(n)
     core = np.flatnonzero(nondominated)
     depth[core] = support_depth(scaled[core])
+    scatter = seed_scatter(front)
+    if support_tol is None:
+        support_tol = max(1e-2, float(np.quantile(scatter, 0.75))) if scatter.size else 1e-2
     unsupported = nondominated & (depth > support_tol)
     concave = unsupported & (front.methods != "linear")
     stretches = _stretches(front, scaled, concave, nondominated)
@@ -353,7 +379,7 @@ def diagnose(
                         j,
                         float(distance),
                         np.flatnonzero(inside & concave).tolist(),
-                        int(inside.sum()),
+                        np.flatnonzero(inside).tolist(),
                     )
                 )
 
@@ -372,7 +398,34 @@ def diagnose(
         failed,
         gaps,
         (at_ends, int(linear.size)),
+        float(support_tol),
+        scatter,
     )
+
+
+def seed_scatter(front: Front) -> np.ndarray:
+    """How far the seeds of one configuration land apart, per configuration.
+
+    For every configuration (method, weights, ε, μ) run with several seeds: the largest
+    coordinate difference between its seeds' losses, normalised by the range of the
+    non-dominated points (the units of ``support_tol`` and ``depth``). Empty when no
+    configuration ran more than once.
+    """
+    if len(front) == 0:
+        return np.zeros(0)
+    low, span = _normaliser(front.losses, front.nondominated())
+    groups: dict[tuple, dict[int, np.ndarray]] = {}
+    for config, losses in zip(front.configs, front.losses):
+        if config.method == "anchor":
+            continue
+        key = (config.method, config.weights, config.epsilon, config.objective, config.mu)
+        groups.setdefault(key, {})[config.seed] = (losses - low) / span
+    spreads = [
+        np.ptp(np.stack(list(by_seed.values())), axis=0).max()
+        for by_seed in groups.values()
+        if len(by_seed) > 1
+    ]
+    return np.asarray(spreads, dtype=float)
 
 
 def _stretches(
