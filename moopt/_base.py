@@ -29,9 +29,25 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from moopt._ddp import (
+    all_reduce_mean_,
+    all_reduce_sum_,
+    broadcast_from_first,
+    gather_columns,
+    resolve_group,
+    world_size,
+)
+from moopt._jacobian import (
+    check_finite_tasks,
+    flat_blocks,
+    memo_of,
+    reachable_leaves,
+    task_gradients,
+)
 from moopt._validation import LossesLike, as_loss_vector
 
 ParamsLike = Iterable[torch.Tensor] | None
+FeaturesLike = torch.Tensor | Sequence[torch.Tensor]
 
 
 def leaf_tensors(roots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -147,10 +163,86 @@ class LossCombiner(Combiner):
         total.backward(inputs=inputs, retain_graph=retain_graph)
 
 
+def accumulate_grads(params: Sequence[torch.Tensor], updates: Sequence[torch.Tensor]) -> None:
+    """Add each update to its tensor's ``.grad`` (creating it), as ``backward`` would."""
+    for param, update in zip(params, updates):
+        piece = update.detach().reshape(param.shape).to(param.dtype)
+        if param.grad is None:
+            param.grad = piece.clone() if piece._base is not None else piece
+        else:
+            param.grad.add_(piece)
+
+
+def as_feature_list(features: FeaturesLike) -> list[torch.Tensor]:
+    """Validate ``features`` (a tensor or a non-empty sequence of tensors that require
+    grad) and return them as a list."""
+    items = [features] if isinstance(features, torch.Tensor) else features
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise TypeError(
+            "features must be a tensor or a non-empty sequence of tensors (the shared "
+            f"representation); got {type(features).__name__}"
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"features[{i}] must be a torch.Tensor; got {type(item).__name__}")
+        if not item.requires_grad:
+            raise ValueError(
+                f"features[{i}] (shape {tuple(item.shape)}) does not require grad: pass the "
+                "output of the shared trunk before it is detached"
+            )
+    return list(items)
+
+
 class GradientCombiner(Combiner):
     """A combiner whose update is a function of the per-task gradients.
 
-    Subclasses implement :meth:`aggregate`, a pure function of the K×D Jacobian.
+    Subclasses implement :meth:`aggregate`, a pure function of the K×D Jacobian ``J``
+    (row ``k`` is ``∇ L_k``); :meth:`backward` computes ``J``, aggregates it and adds the
+    result to ``.grad``.
+
+    **Per-task gradients** come from one batched backward (``vmap`` over the K rows of the
+    identity; see :mod:`moopt._jacobian`), with an automatic fallback to a loop of K
+    backward passes when vmap cannot run the graph. The results are the same either way.
+
+    **``features=`` mode** (``backward(losses, features=h)``): the per-task gradients are
+    taken only down to a shared representation ``h`` (the trunk's output, shape
+    ``(B, ...)``), not to the trunk's parameters. What is aggregated is the K×(B·F) matrix
+    whose row k is ``∂L_k/∂h`` flattened over the batch and feature dimensions (the
+    per-sample feature gradients, all samples side by side; with several feature tensors,
+    their flattened gradients concatenated). The aggregated direction ``d`` (B·F entries) is
+    then backpropagated ONCE through the trunk (``h.backward(d)``), and every parameter
+    that the losses use without passing through ``h`` (the task heads) receives
+    ``Σ_k ∂L_k/∂p``, i.e. its own task's gradient for a head used by one task. With MGDA as
+    the aggregator this is MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as
+    Multi-Objective Optimization", Sec. 3.3), which solves the min-norm problem on
+    ``∂L/∂Z`` as an upper bound of the one on the shared parameters. The per-sample
+    gradients of mean-reduced losses carry a 1/B factor; scale-invariant aggregators do
+    not notice it, others see gradients 1/B smaller than per-sample ones. A parameter that
+    the trunk uses and that the losses also reach around ``h`` (a skip connection) is an
+    error, because its update would mix the two modes. ``params`` (when given) restricts
+    which trunk and head parameters are updated.
+
+    **Distributed data parallelism.** When ``torch.distributed`` is initialised (or a
+    ``process_group`` is passed), the rows of ``J`` are averaged across ranks BEFORE
+    aggregation, so the update equals the single-process update on the global batch
+    (the mean of the ranks' losses): aggregating per rank and averaging the results is
+    wrong for every non-linear method. In parameter mode ``J`` (K×D) is all-reduced; a
+    :class:`GramianWeighting` in ``features=`` mode all-reduces only the K×K Gramian of the
+    feature gradients, a general aggregator all-gathers them. The aggregated direction
+    (or the weights) is broadcast from the group's first rank so that randomised
+    aggregators keep the replicas identical. The combiner does the gradient
+    synchronisation itself, so do not let ``DistributedDataParallel`` average the
+    gradients a second time; the working recipe is::
+
+        ddp = DistributedDataParallel(model)       # broadcasts the initial parameters
+        with ddp.no_sync():                        # no DDP all-reduce in this block
+            losses = task_losses(ddp(x), y)        # this rank's share of the batch
+            combiner.backward(losses)              # averages J across ranks, aggregates
+        optimizer.step()                           # identical update on every rank
+
+    (Calling the unwrapped ``ddp.module`` instead of ``ddp`` works the same way.) The
+    communication per step is K times that of plain DDP in parameter mode, and only
+    K² numbers (Gramian weightings) in ``features=`` mode.
     """
 
     @abc.abstractmethod
@@ -158,28 +250,150 @@ class GradientCombiner(Combiner):
         """Map the K×D matrix of per-task gradients to one update direction of length D."""
 
     def backward(
-        self, losses: LossesLike, params: ParamsLike = None, retain_graph: bool = False
+        self,
+        losses: LossesLike,
+        params: ParamsLike = None,
+        retain_graph: bool = False,
+        *,
+        features: FeaturesLike | None = None,
+        process_group: object | None = None,
     ) -> None:
-        """Compute the per-task gradients, aggregate them, and add the result to ``.grad``."""
-        from moopt._jacobian import task_jacobian
+        """Compute the per-task gradients, aggregate them, and add the result to ``.grad``.
 
+        Args:
+            losses: a 1-D tensor of K task losses or a sequence of K scalar tensors.
+            params: the tensors to update; ``None`` means every leaf tensor that requires
+                grad and that the losses depend on.
+            retain_graph: keep the autograd graph, as in ``Tensor.backward``.
+            features: a shared representation (tensor or sequence of tensors) to
+                aggregate at instead of the parameters (see the class docstring).
+            process_group: the ``torch.distributed`` group to average over; ``None``
+                means the default group when one is initialised, else no averaging.
+
+        Raises:
+            ValueError: NaN or infinite per-task gradients (naming the tasks), an
+                aggregation result of the wrong shape, parameters that do not require
+                grad, or features the losses do not depend on.
+        """
         vector = self.losses_vector(losses)
+        group = resolve_group(process_group)
+        if features is None:
+            targets, updates = self._parameter_update(vector, params, retain_graph, group)
+        else:
+            targets, updates = self._feature_update(
+                vector, params, as_feature_list(features), retain_graph, group
+            )
+        accumulate_grads(targets, updates)
+
+    def _parameter_update(
+        self, vector: torch.Tensor, params: ParamsLike, retain_graph: bool, group: object
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         resolved = as_param_list(params, vector)
-        jacobian = task_jacobian(vector, resolved, retain_graph=retain_graph)
-        update = self.aggregate(jacobian)
+        grads = task_gradients(vector, resolved, retain_graph, memo_of(self))
+        if group is None:
+            used = [p for p, g in zip(resolved, grads) if g is not None]
+            if not used:
+                raise ValueError("no loss depends on params: there is no gradient to combine")
+            blocks = flat_blocks([g for g in grads if g is not None], used)
+        else:
+            used = resolved
+            jacobian = torch.cat(flat_blocks(grads, resolved), 1)
+            all_reduce_mean_(jacobian, group)
+            blocks = list(jacobian.split([p.numel() for p in used], 1))
+        return used, self._combine_blocks(blocks, group, sharded=False)
+
+    def _feature_update(
+        self,
+        vector: torch.Tensor,
+        params: ParamsLike,
+        feats: list[torch.Tensor],
+        retain_graph: bool,
+        group: object,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feature_ids = {id(f) for f in feats}
+        trunk = [p for p in leaf_tensors(feats) if id(p) not in feature_ids]
+        heads = reachable_leaves([vector], feats)
+        trunk_ids = {id(p) for p in trunk}
+        both = [tuple(p.shape) for p in heads if id(p) in trunk_ids]
+        if both:
+            raise ValueError(
+                f"parameters of shapes {both} are used inside features and also by the losses "
+                "directly (around features); features= needs a trunk that the losses reach "
+                "only through features"
+            )
+        if params is not None:
+            wanted = {id(p) for p in as_param_list(params, vector)}
+            trunk = [p for p in trunk if id(p) in wanted]
+            heads = [p for p in heads if id(p) in wanted]
+        grads = task_gradients(vector, feats + heads, retain_graph, memo_of(self))
+        scale = 1.0 / world_size(group)
+        feature_blocks = []
+        for i, (feature, grad) in enumerate(zip(feats, grads)):
+            if grad is None:
+                raise ValueError(f"no loss depends on features[{i}] (shape {tuple(feature.shape)})")
+            feature_blocks.append(grad.reshape(vector.numel(), -1) * scale)
+        directions = self._combine_blocks(feature_blocks, group, sharded=True)
+        head_blocks = flat_blocks(grads[len(feats) :], heads)
+        if head_blocks:
+            bad = torch.stack([~torch.isfinite(b).all(1) for b in head_blocks]).any(0)
+            check_finite_tasks(all_reduce_sum_(bad.to(vector.dtype), group) > 0, "task heads")
+        targets = list(heads)
+        updates = [block.sum(0) * scale for block in head_blocks]
+        if trunk:
+            trunk_grads = torch.autograd.grad(
+                feats,
+                trunk,
+                grad_outputs=[d.reshape(f.shape) for d, f in zip(directions, feats)],
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
+            targets = trunk + targets
+            updates = [
+                torch.zeros_like(p) if g is None else g for g, p in zip(trunk_grads, trunk)
+            ] + updates
+        if group is not None and targets:
+            flat = all_reduce_sum_(torch.cat([u.reshape(-1) for u in updates]), group)
+            updates = list(flat.split([p.numel() for p in targets]))
+        return targets, updates
+
+    def _combine_blocks(
+        self, blocks: list[torch.Tensor], group: object, sharded: bool
+    ) -> list[torch.Tensor]:
+        """Aggregate the column blocks of J (one per tensor) into one direction per block.
+
+        ``sharded``: each rank holds different columns of the global J (``features=``
+        mode) rather than a replica of all of them.
+        """
+        widths = [b.shape[1] for b in blocks]
+        jacobian = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
         offset = 0
-        for param in resolved:
-            size = param.numel()
-            piece = update[offset : offset + size].view_as(param).to(param.dtype)
-            offset += size
-            if param.grad is None:
-                param.grad = piece.detach().clone()
-            else:
-                param.grad.add_(piece.detach())
+        if sharded:
+            jacobian, offset = gather_columns(jacobian, group)
+        check_finite_tasks(~torch.isfinite(jacobian).all(1), "before aggregation")
+        direction = self.aggregate(jacobian)
+        if not isinstance(direction, torch.Tensor) or direction.shape != jacobian.shape[1:]:
+            raise ValueError(
+                f"{type(self).__name__}.aggregate must return a tensor of shape "
+                f"({jacobian.shape[1]},); got "
+                f"{getattr(direction, 'shape', type(direction).__name__)}"
+            )
+        direction = broadcast_from_first(direction.detach().contiguous(), group)
+        return list(direction[offset : offset + sum(widths)].split(widths))
 
 
 class GramianWeighting(GradientCombiner):
-    """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``."""
+    """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
+
+    In :meth:`backward` the Gramian is accumulated block by block, ``G = Σ_p J_p J_pᵀ``
+    over the parameter tensors (no concatenated K×D copy of ``J``), and the update of
+    tensor ``p`` is ``w @ J_p``. Measured against the alternative of a second backward of
+    ``Σ_k w_k L_k`` (benchmarks/bench_training_step.py), ``w @ J`` is faster: the batched
+    backward has already produced ``J``, and the product costs K·D multiply-adds against a
+    whole extra backward pass. The trade-off is memory: the per-task gradients (K·D
+    numbers, K times a normal ``.grad``) are alive until the update is formed, whereas a
+    second backward could free them after the K×K Gramian is known; in ``features=`` mode
+    only the K×(B·F) feature gradients are ever held.
+    """
 
     @abc.abstractmethod
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
@@ -188,3 +402,22 @@ class GramianWeighting(GradientCombiner):
     def aggregate(self, jacobian: torch.Tensor) -> torch.Tensor:
         """``weights(J Jᵀ) @ J``."""
         return self.weights(jacobian @ jacobian.T) @ jacobian
+
+    def _combine_blocks(
+        self, blocks: list[torch.Tensor], group: object, sharded: bool
+    ) -> list[torch.Tensor]:
+        gramian = blocks[0] @ blocks[0].T
+        for block in blocks[1:]:
+            gramian = gramian.addmm(block, block.T)
+        if sharded:
+            all_reduce_sum_(gramian, group)
+        check_finite_tasks(~torch.isfinite(gramian.diagonal()), "Gramian diagonal")
+        n_tasks = gramian.shape[0]
+        weights = self.weights(gramian)
+        if not isinstance(weights, torch.Tensor) or weights.shape != (n_tasks,):
+            raise ValueError(
+                f"{type(self).__name__}.weights must return a tensor of shape ({n_tasks},); "
+                f"got {getattr(weights, 'shape', type(weights).__name__)}"
+            )
+        weights = broadcast_from_first(weights.detach().to(blocks[0].dtype).contiguous(), group)
+        return [weights @ block for block in blocks]
