@@ -6,6 +6,9 @@ by the function that needs it.
 
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
 
+# Per-task gradient engine and GradNorm (issue 3, engine)
+from moopt.gradnorm import GradNorm
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -13,5 +16,7 @@ __all__ = [
     "GradientCombiner",
     "GramianWeighting",
     "LossCombiner",
+    # engine
+    "GradNorm",
     "__version__",
 ]
