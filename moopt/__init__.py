@@ -4,19 +4,30 @@
 by the function that needs it.
 """
 
+from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
+from moopt.mdmm import MDMM, Constraint, MDMMOutput
+from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
+# isort: split
 # Per-task gradient engine and GradNorm (issue 3, engine)
 from moopt.gradnorm import GradNorm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Chebyshev",
     "Combiner",
+    "Constraint",
     "GradientCombiner",
     "GramianWeighting",
+    "Linear",
     "LossCombiner",
+    "MDMM",
+    "MDMMOutput",
+    "UncertaintyWeighting",
+    "problems",
+    "__version__",
     # engine
     "GradNorm",
-    "__version__",
 ]
