@@ -40,9 +40,11 @@ from moopt._ddp import (
 from moopt._jacobian import (
     check_finite_tasks,
     flat_blocks,
+    gramian,
     memo_of,
     reachable_leaves,
     task_gradients,
+    task_jacobian_matrix,
 )
 from moopt._validation import LossesLike, as_loss_vector
 
@@ -289,18 +291,16 @@ class GradientCombiner(Combiner):
         self, vector: torch.Tensor, params: ParamsLike, retain_graph: bool, group: object
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         resolved = as_param_list(params, vector)
-        grads = task_gradients(vector, resolved, retain_graph, memo_of(self))
-        if group is None:
-            used = [p for p, g in zip(resolved, grads) if g is not None]
-            if not used:
-                raise ValueError("no loss depends on params: there is no gradient to combine")
-            blocks = flat_blocks([g for g in grads if g is not None], used)
-        else:
-            used = resolved
-            jacobian = torch.cat(flat_blocks(grads, resolved), 1)
-            all_reduce_mean_(jacobian, group)
-            blocks = list(jacobian.split([p.numel() for p in used], 1))
-        return used, self._combine_blocks(blocks, group, sharded=False)
+        jacobian, used = task_jacobian_matrix(vector, resolved, retain_graph, memo_of(self))
+        if group is None and not any(used):
+            raise ValueError("no loss depends on params: there is no gradient to combine")
+        all_reduce_mean_(jacobian, group)
+        direction = self._combine(jacobian, group, sharded=False)
+        pieces = direction.split([p.numel() for p in resolved])
+        if group is not None:  # every rank writes every tensor, so the replicas agree
+            return resolved, list(pieces)
+        kept = [(p, d) for p, d, flag in zip(resolved, pieces, used) if flag]
+        return [p for p, _ in kept], [d for _, d in kept]
 
     def _feature_update(
         self,
@@ -327,12 +327,12 @@ class GradientCombiner(Combiner):
             heads = [p for p in heads if id(p) in wanted]
         grads = task_gradients(vector, feats + heads, retain_graph, memo_of(self))
         scale = 1.0 / world_size(group)
-        feature_blocks = []
         for i, (feature, grad) in enumerate(zip(feats, grads)):
             if grad is None:
                 raise ValueError(f"no loss depends on features[{i}] (shape {tuple(feature.shape)})")
-            feature_blocks.append(grad.reshape(vector.numel(), -1) * scale)
-        directions = self._combine_blocks(feature_blocks, group, sharded=True)
+        feature_jacobian = torch.cat(flat_blocks(grads[: len(feats)], feats), 1) * scale
+        direction = self._combine(feature_jacobian, group, sharded=True)
+        directions = direction.split([f.numel() for f in feats])
         head_blocks = flat_blocks(grads[len(feats) :], heads)
         if head_blocks:
             bad = torch.stack([~torch.isfinite(b).all(1) for b in head_blocks]).any(0)
@@ -356,20 +356,17 @@ class GradientCombiner(Combiner):
             updates = list(flat.split([p.numel() for p in targets]))
         return targets, updates
 
-    def _combine_blocks(
-        self, blocks: list[torch.Tensor], group: object, sharded: bool
-    ) -> list[torch.Tensor]:
-        """Aggregate the column blocks of J (one per tensor) into one direction per block.
+    def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
+        """Aggregate J into the update direction of this rank's columns.
 
         ``sharded``: each rank holds different columns of the global J (``features=``
         mode) rather than a replica of all of them.
         """
-        widths = [b.shape[1] for b in blocks]
-        jacobian = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+        width = jacobian.shape[1]
         offset = 0
         if sharded:
             jacobian, offset = gather_columns(jacobian, group)
-        check_finite_tasks(~torch.isfinite(jacobian).all(1), "before aggregation")
+        check_finite_tasks(~torch.isfinite(jacobian.sum(1)), "before aggregation")
         direction = self.aggregate(jacobian)
         if not isinstance(direction, torch.Tensor) or direction.shape != jacobian.shape[1:]:
             raise ValueError(
@@ -378,7 +375,7 @@ class GradientCombiner(Combiner):
                 f"{getattr(direction, 'shape', type(direction).__name__)}"
             )
         direction = broadcast_from_first(direction.detach().contiguous(), group)
-        return list(direction[offset : offset + sum(widths)].split(widths))
+        return direction[offset : offset + width]
 
 
 class GramianWeighting(GradientCombiner):
@@ -403,21 +400,17 @@ class GramianWeighting(GradientCombiner):
         """``weights(J Jᵀ) @ J``."""
         return self.weights(jacobian @ jacobian.T) @ jacobian
 
-    def _combine_blocks(
-        self, blocks: list[torch.Tensor], group: object, sharded: bool
-    ) -> list[torch.Tensor]:
-        gramian = blocks[0] @ blocks[0].T
-        for block in blocks[1:]:
-            gramian = gramian.addmm(block, block.T)
+    def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
+        matrix = gramian(jacobian)
         if sharded:
-            all_reduce_sum_(gramian, group)
-        check_finite_tasks(~torch.isfinite(gramian.diagonal()), "Gramian diagonal")
-        n_tasks = gramian.shape[0]
-        weights = self.weights(gramian)
+            all_reduce_sum_(matrix, group)
+        check_finite_tasks(~torch.isfinite(matrix.diagonal()), "Gramian diagonal")
+        n_tasks = matrix.shape[0]
+        weights = self.weights(matrix)
         if not isinstance(weights, torch.Tensor) or weights.shape != (n_tasks,):
             raise ValueError(
                 f"{type(self).__name__}.weights must return a tensor of shape ({n_tasks},); "
                 f"got {getattr(weights, 'shape', type(weights).__name__)}"
             )
-        weights = broadcast_from_first(weights.detach().to(blocks[0].dtype).contiguous(), group)
-        return [weights @ block for block in blocks]
+        weights = broadcast_from_first(weights.detach().to(jacobian.dtype).contiguous(), group)
+        return weights @ jacobian

@@ -1,19 +1,26 @@
 """Per-task gradients: the K×D Jacobian of K losses with respect to a list of tensors.
 
-The engine computes all K per-task gradients with **one batched backward**: reverse-mode
-autograd is run once with the K×K identity as a batch of K cotangents
-(``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the backward pass). Row
-``k`` of the result is ``∂ losses[k] / ∂ inputs``. The K vector-Jacobian products share
-one traversal of the graph and turn the matrix products of the backward into batched
-ones, so the cost is that of K plain backward passes or less.
+Two ways to compute the K rows ``∂ losses[k] / ∂ inputs``, with the same results (to
+floating-point round-off):
+
+* **one batched backward**: reverse-mode autograd runs once with the K×K identity as a
+  batch of K cotangents (``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps
+  the backward pass), so every kernel of the backward is launched once for all K tasks;
+* **a loop** of K ordinary backward passes (``retain_graph`` until the last), whose
+  gradients are written straight into the rows of one K×D matrix.
+
+Which one runs is decided by measurement, with no flag for the user: on CPU the loop is
+used, because vmap's batched backward measured 1.0–1.4× slower than the loop there
+(benchmarks/bench_training_step.py; the batched kernels of a small-batch MLP are
+memory-bound and vmap copies transposed operands), while on accelerators, where one
+launch for K tasks instead of K launches is what matters, the batched backward is used.
 
 When vmap cannot run the backward (a custom ``autograd.Function`` whose backward leaves
 torch, an op without a batching rule that the slow fallback rejects, ...), the engine
-falls back to a loop of K ordinary backward passes, silently, with identical results (to
-floating-point round-off). Because a batched backward that fails half-way may already
-have freed part of the graph, a batched attempt on a graph made of autograd node types
-not seen before keeps the graph; once a batched backward has worked on graphs of those
-node types, later ones free the graph as asked (``retain_graph=False``), so that a
+falls back to the loop automatically. Because a batched backward that fails half-way may
+already have freed part of the graph, a batched attempt on a graph made of autograd node
+types not seen before keeps the graph; once a batched backward has worked on graphs of
+those node types, later ones free the graph as asked (``retain_graph=False``), so that a
 training loop does not hold two graphs at once, and once it has failed, later graphs of
 those node types go straight to the loop. Each combiner owns one
 :class:`BatchedBackwardMemo` that records this.
@@ -26,16 +33,33 @@ from collections.abc import Sequence
 
 import torch
 
+from moopt._validation import check_choice
+
 _LOG = logging.getLogger("moopt")
+
+STRATEGIES = ("auto", "batched", "loop")
 
 
 class BatchedBackwardMemo:
-    """Whether the batched (vmap) backward has worked (``True``) or failed (``False``) on
-    graphs of a given set of autograd node types, for the graphs one combiner has seen."""
+    """How one combiner computes per-task gradients, and what it has learnt.
 
-    def __init__(self) -> None:
+    ``strategy``: ``"auto"`` (the loop on CPU, the batched backward elsewhere),
+    ``"batched"`` or ``"loop"`` (used by the tests and the benchmark to pin a path).
+    ``outcomes`` records whether the batched backward worked (``True``) or failed
+    (``False``) on graphs of a given set of autograd node types; ``batched_ok`` is the
+    outcome on the latest graph (``None`` when the batched backward was not tried).
+    """
+
+    def __init__(self, strategy: str = "auto") -> None:
+        self.strategy = check_choice(strategy, "strategy", STRATEGIES)
         self.outcomes: dict[frozenset[type], bool] = {}
-        self.batched_ok: bool | None = None  # the outcome of the latest graph
+        self.batched_ok: bool | None = None
+
+    def prefers_batched(self, losses: torch.Tensor) -> bool:
+        """Whether to try the batched backward first for these losses."""
+        if self.strategy == "auto":
+            return losses.device.type != "cpu"
+        return self.strategy == "batched"
 
 
 def graph_signature(roots: Sequence[torch.Tensor]) -> frozenset[type]:
@@ -53,26 +77,80 @@ def graph_signature(roots: Sequence[torch.Tensor]) -> frozenset[type]:
     return frozenset(kinds)
 
 
-def _loop_gradients(
+def _batched_gradients(
+    losses: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    retain_graph: bool,
+    memo: BatchedBackwardMemo,
+) -> list[torch.Tensor | None] | None:
+    """The batched backward, or ``None`` when vmap cannot run this graph."""
+    signature = graph_signature([losses])
+    outcome = memo.outcomes.get(signature)
+    memo.batched_ok = outcome
+    if outcome is False:
+        return None
+    identity = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
+    try:
+        grads = torch.autograd.grad(
+            losses,
+            list(inputs),
+            grad_outputs=identity,
+            retain_graph=retain_graph if outcome else True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+    except Exception as error:  # vmap rejects the graph: use the loop instead
+        _LOG.debug("batched backward failed (%s); using a per-task loop", error)
+        memo.outcomes[signature] = memo.batched_ok = False
+        return None
+    memo.outcomes[signature] = memo.batched_ok = True
+    return list(grads)
+
+
+def _loop_matrix(
     losses: torch.Tensor, inputs: Sequence[torch.Tensor], retain_graph: bool
-) -> list[torch.Tensor | None]:
+) -> tuple[torch.Tensor, list[bool]]:
+    """K backward passes written into the rows of one K×D matrix (one copy)."""
     n_tasks = losses.numel()
-    per_task = []
+    sizes = [x.numel() for x in inputs]
+    dtype = inputs[0].dtype
+    for x in inputs[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)
+    jacobian = torch.empty(n_tasks, sum(sizes), dtype=dtype, device=inputs[0].device)
+    used = [False] * len(inputs)
     for k in range(n_tasks):
         keep = retain_graph or k < n_tasks - 1
-        per_task.append(
-            torch.autograd.grad(losses[k], inputs, retain_graph=keep, allow_unused=True)
-        )
-    stacked: list[torch.Tensor | None] = []
-    for i, tensor in enumerate(inputs):
-        rows = [grads[i] for grads in per_task]
-        if all(row is None for row in rows):
-            stacked.append(None)
-        else:
-            stacked.append(
-                torch.stack([torch.zeros_like(tensor) if row is None else row for row in rows])
-            )
-    return stacked
+        grads = torch.autograd.grad(losses[k], inputs, retain_graph=keep, allow_unused=True)
+        offset = 0
+        for i, (grad, size) in enumerate(zip(grads, sizes)):
+            row = jacobian[k, offset : offset + size]
+            if grad is None:
+                row.zero_()
+            else:
+                row.copy_(grad.reshape(-1))
+                used[i] = True
+            offset += size
+    return jacobian, used
+
+
+def task_jacobian_matrix(
+    losses: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    retain_graph: bool = False,
+    memo: BatchedBackwardMemo | None = None,
+) -> tuple[torch.Tensor, list[bool]]:
+    """The K×D matrix whose row k is the flattened gradient of ``losses[k]`` with respect
+    to all of ``inputs`` (concatenated), and for each input whether any loss depends on
+    it (an input no loss depends on contributes zero columns)."""
+    memo = BatchedBackwardMemo() if memo is None else memo
+    if memo.prefers_batched(losses):
+        grads = _batched_gradients(losses, inputs, retain_graph, memo)
+        if grads is not None:
+            used = [g is not None for g in grads]
+            return torch.cat(flat_blocks(grads, inputs), 1), used
+    else:
+        memo.batched_ok = None
+    return _loop_matrix(losses, inputs, retain_graph)
 
 
 def task_gradients(
@@ -84,33 +162,21 @@ def task_gradients(
     """Per-task gradients of a 1-D tensor of K losses with respect to each of ``inputs``.
 
     Returns one entry per input: a tensor of shape ``(K, *input.shape)`` whose slice ``k``
-    is ``∂ losses[k] / ∂ input``, or ``None`` when no loss depends on that input. Uses one
-    batched backward and falls back to a loop of K backward passes when vmap cannot run
-    (see the module docstring); ``memo`` records which worked.
+    is ``∂ losses[k] / ∂ input``, or ``None`` when no loss depends on that input.
     """
     memo = BatchedBackwardMemo() if memo is None else memo
-    signature = graph_signature([losses])
-    outcome = memo.outcomes.get(signature)
-    memo.batched_ok = outcome
-    if outcome is not False:
-        trusted = outcome is True
-        identity = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
-        try:
-            grads = torch.autograd.grad(
-                losses,
-                list(inputs),
-                grad_outputs=identity,
-                retain_graph=retain_graph if trusted else True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        except Exception as error:  # vmap rejects the graph: use the loop instead
-            _LOG.debug("batched backward failed (%s); using a per-task loop", error)
-            memo.outcomes[signature] = memo.batched_ok = False
-        else:
-            memo.outcomes[signature] = memo.batched_ok = True
-            return list(grads)
-    return _loop_gradients(losses, inputs, retain_graph)
+    if memo.prefers_batched(losses):
+        grads = _batched_gradients(losses, inputs, retain_graph, memo)
+        if grads is not None:
+            return grads
+    else:
+        memo.batched_ok = None
+    jacobian, used = _loop_matrix(losses, inputs, retain_graph)
+    blocks = jacobian.split([x.numel() for x in inputs], 1)
+    return [
+        block.reshape(losses.numel(), *x.shape) if flag else None
+        for block, x, flag in zip(blocks, inputs, used)
+    ]
 
 
 def task_jacobian(
@@ -124,7 +190,7 @@ def task_jacobian(
     D is the total number of elements of ``params``; a tensor that no loss depends on
     contributes zeros.
     """
-    return torch.cat(flat_blocks(task_gradients(losses, params, retain_graph, memo), params), 1)
+    return task_jacobian_matrix(losses, params, retain_graph, memo)[0]
 
 
 def flat_blocks(
@@ -143,13 +209,27 @@ def flat_blocks(
     ]
 
 
+def gramian(jacobian: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+    """``J Jᵀ`` accumulated over column chunks of ``J``.
+
+    For K×D with small K and large D this runs about twice as fast on CPU as one
+    ``J @ J.T`` (a skinny product that the BLAS handles poorly), with the same result up
+    to summation order.
+    """
+    result = jacobian[:, :chunk] @ jacobian[:, :chunk].T
+    for start in range(chunk, jacobian.shape[1], chunk):
+        block = jacobian[:, start : start + chunk]
+        result.addmm_(block, block.T)
+    return result
+
+
 def check_finite_tasks(bad: torch.Tensor, what: str) -> None:
     """Raise a ``ValueError`` naming the tasks where the boolean K-vector ``bad`` is set."""
     if bool(bad.any()):
         tasks = bad.nonzero().flatten().tolist()
         raise ValueError(
-            f"the per-task gradient of task(s) {tasks} contains NaN or infinite values "
-            f"({what}); check those losses and the learning rate"
+            f"the per-task gradient of task(s) {tasks} contains NaN or infinite values, or "
+            f"values whose sum overflows ({what}); check those losses and the learning rate"
         )
 
 

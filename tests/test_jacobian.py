@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 from engine_aggregators import (
@@ -15,7 +13,15 @@ from engine_aggregators import (
     task_losses,
 )
 
-from moopt._jacobian import BatchedBackwardMemo, task_gradients, task_jacobian
+from moopt._jacobian import BatchedBackwardMemo, memo_of, task_gradients, task_jacobian
+
+STRATEGIES = ["batched", "loop"]
+
+
+def pinned(combiner, strategy):
+    """The combiner with its per-task gradient path pinned to ``strategy``."""
+    memo_of(combiner).strategy = strategy
+    return combiner
 
 
 class DoubleThroughNumpy(torch.autograd.Function):
@@ -60,10 +66,21 @@ def test_task_jacobian_matches_separate_backward_passes(through_numpy):
     params = list(net.parameters())
     vector, _ = losses()
     expected = reference_jacobian(vector, params)
-    memo = BatchedBackwardMemo()
-    jacobian = task_jacobian(vector, params, memo=memo)
+    memo = BatchedBackwardMemo("batched")
+    jacobian = task_jacobian(vector, params, retain_graph=True, memo=memo)
     assert memo.batched_ok is (not through_numpy)  # the op vmap rejects forces the loop
     torch.testing.assert_close(jacobian, expected, rtol=1e-12, atol=1e-12)
+    memo = BatchedBackwardMemo("loop")
+    torch.testing.assert_close(task_jacobian(vector, params, memo=memo), expected)
+    assert memo.batched_ok is None
+
+
+def test_auto_strategy_uses_the_loop_on_cpu():
+    _, losses = make_problem()
+    memo = BatchedBackwardMemo()
+    assert memo.strategy == "auto" and not memo.prefers_batched(losses()[0])
+    with pytest.raises(ValueError, match="strategy"):
+        BatchedBackwardMemo("vmap")
 
 
 def test_batched_and_loop_paths_agree_and_unused_inputs_are_none():
@@ -71,25 +88,16 @@ def test_batched_and_loop_paths_agree_and_unused_inputs_are_none():
     unused = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     inputs = [*net.parameters(), unused]
     vector, _ = losses()
-    batched = task_gradients(vector, inputs, retain_graph=True)
-    looped = task_gradients(vector, inputs, memo=_failed_memo())
+    batched = task_gradients(vector, inputs, True, BatchedBackwardMemo("batched"))
+    looped = task_gradients(vector, inputs, memo=BatchedBackwardMemo("loop"))
     assert batched[-1] is None and looped[-1] is None
     for b, l in zip(batched[:-1], looped[:-1]):
         assert b.shape == l.shape
         torch.testing.assert_close(b, l, rtol=1e-12, atol=1e-12)
 
 
-def _failed_memo() -> BatchedBackwardMemo:
-    class AlwaysFailed(BatchedBackwardMemo):
-        def __init__(self):
-            super().__init__()
-            self.outcomes = collections.defaultdict(lambda: False)
-
-    return AlwaysFailed()
-
-
 def test_memo_tells_graphs_that_vmap_rejects_from_those_it_runs():
-    combiner = NormalisedSum()
+    combiner = pinned(NormalisedSum(), "batched")
     for through_numpy in [False, True, False, True]:
         net, losses = make_problem(n_tasks=2, through_numpy=through_numpy)
         vector, _ = losses()
@@ -100,9 +108,10 @@ def test_memo_tells_graphs_that_vmap_rejects_from_those_it_runs():
     assert len(combiner._batched_backward_memo.outcomes) == 2
 
 
-def test_trusted_batched_backward_frees_the_graph():
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_trusted_batched_backward_frees_the_graph(strategy):
     net, losses = make_problem()
-    combiner = MeanOfGradients()
+    combiner = pinned(MeanOfGradients(), strategy)
     combiner.backward(losses()[0])  # first call: batched path proven, graph kept
     vector, _ = losses()
     combiner.backward(vector)
@@ -110,13 +119,14 @@ def test_trusted_batched_backward_frees_the_graph():
         combiner.backward(vector)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("through_numpy", [False, True])
-def test_linear_aggregator_equals_plain_backward(through_numpy):
+def test_linear_aggregator_equals_plain_backward(through_numpy, strategy):
     net, losses = make_problem(through_numpy=through_numpy)
     losses()[0].mean().backward(inputs=list(net.parameters()))
     expected = grads_of(net)
     zero_grads(net)
-    MeanOfGradients().backward(losses()[0], params=net.parameters())
+    pinned(MeanOfGradients(), strategy).backward(losses()[0], params=net.parameters())
     torch.testing.assert_close(grads_of(net), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -138,8 +148,10 @@ def test_params_subset_leaves_others_untouched():
     assert all(p.grad is not None for p in net.heads.parameters())
 
 
-@pytest.mark.parametrize("combiner", [NormalisedSum(), ProjectConflicting()])
-def test_non_linear_aggregators_equal_aggregate_of_reference_jacobian(combiner):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("combiner_type", [NormalisedSum, ProjectConflicting])
+def test_non_linear_aggregators_equal_aggregate_of_reference_jacobian(combiner_type, strategy):
+    combiner = pinned(combiner_type(), strategy)
     net, losses = make_problem(n_tasks=2, seed=3)
     params = list(net.parameters())
     vector, _ = losses()
@@ -155,7 +167,7 @@ def test_gramian_route_equals_generic_route():
     gramian_route = grads_of(net)
     zero_grads(net)
     vector, _ = losses()
-    jacobian = task_jacobian(vector, list(net.parameters()))
+    jacobian = reference_jacobian(vector, list(net.parameters()))
     w = weighting.weights(jacobian @ jacobian.T)
     torch.testing.assert_close(gramian_route, w @ jacobian, rtol=1e-10, atol=1e-12)
 
@@ -178,9 +190,13 @@ def test_features_mode_with_mean_gives_mean_for_trunk_and_own_gradient_for_heads
     torch.testing.assert_close(heads_got, torch.cat([g.reshape(-1) for g in heads_expected]))
 
 
-@pytest.mark.parametrize("combiner", [NormalisedSum(), ProjectConflicting()])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("combiner_type", [NormalisedSum, ProjectConflicting])
 @pytest.mark.parametrize("through_numpy", [False, True])
-def test_features_mode_aggregates_flattened_feature_gradients(combiner, through_numpy):
+def test_features_mode_aggregates_flattened_feature_gradients(
+    combiner_type, through_numpy, strategy
+):
+    combiner = pinned(combiner_type(), strategy)
     net, losses = make_problem(n_tasks=2, seed=1, through_numpy=through_numpy)
     trunk, heads = list(net.trunk.parameters()), list(net.heads.parameters())
     vector, h = losses()
