@@ -38,12 +38,11 @@ from moopt._ddp import (
     world_size,
 )
 from moopt._jacobian import (
+    LossRows,
     check_finite_tasks,
-    flat_blocks,
     gramian,
     memo_of,
     reachable_leaves,
-    task_gradients,
     task_jacobian_matrix,
 )
 from moopt._validation import LossesLike, as_loss_vector
@@ -278,20 +277,26 @@ class GradientCombiner(Combiner):
                 grad, or features the losses do not depend on.
         """
         vector = self.losses_vector(losses)
+        rows = vector if isinstance(losses, torch.Tensor) else list(losses)
         group = resolve_group(process_group)
         if features is None:
-            targets, updates = self._parameter_update(vector, params, retain_graph, group)
+            targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
         else:
             targets, updates = self._feature_update(
-                vector, params, as_feature_list(features), retain_graph, group
+                vector, rows, params, as_feature_list(features), retain_graph, group
             )
         accumulate_grads(targets, updates)
 
     def _parameter_update(
-        self, vector: torch.Tensor, params: ParamsLike, retain_graph: bool, group: object
+        self,
+        vector: torch.Tensor,
+        rows: LossRows,
+        params: ParamsLike,
+        retain_graph: bool,
+        group: object,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         resolved = as_param_list(params, vector)
-        jacobian, used = task_jacobian_matrix(vector, resolved, retain_graph, memo_of(self))
+        jacobian, used = task_jacobian_matrix(rows, resolved, retain_graph, memo_of(self))
         if group is None and not any(used):
             raise ValueError("no loss depends on params: there is no gradient to combine")
         all_reduce_mean_(jacobian, group)
@@ -305,6 +310,7 @@ class GradientCombiner(Combiner):
     def _feature_update(
         self,
         vector: torch.Tensor,
+        rows: LossRows,
         params: ParamsLike,
         feats: list[torch.Tensor],
         retain_graph: bool,
@@ -325,20 +331,23 @@ class GradientCombiner(Combiner):
             wanted = {id(p) for p in as_param_list(params, vector)}
             trunk = [p for p in trunk if id(p) in wanted]
             heads = [p for p in heads if id(p) in wanted]
-        grads = task_gradients(vector, feats + heads, retain_graph, memo_of(self))
-        scale = 1.0 / world_size(group)
-        for i, (feature, grad) in enumerate(zip(feats, grads)):
-            if grad is None:
+        inputs = feats + heads
+        jacobian, used = task_jacobian_matrix(rows, inputs, retain_graph, memo_of(self))
+        for i, feature in enumerate(feats):
+            if not used[i]:
                 raise ValueError(f"no loss depends on features[{i}] (shape {tuple(feature.shape)})")
-        feature_jacobian = torch.cat(flat_blocks(grads[: len(feats)], feats), 1) * scale
+        scale = 1.0 / world_size(group)
+        width = sum(f.numel() for f in feats)
+        feature_jacobian = jacobian[:, :width] if group is None else jacobian[:, :width] * scale
         direction = self._combine(feature_jacobian, group, sharded=True)
         directions = direction.split([f.numel() for f in feats])
-        head_blocks = flat_blocks(grads[len(feats) :], heads)
-        if head_blocks:
-            bad = torch.stack([~torch.isfinite(b).all(1) for b in head_blocks]).any(0)
+        head_jacobian = jacobian[:, width:]
+        if heads:
+            bad = ~torch.isfinite(head_jacobian.sum(1))
             check_finite_tasks(all_reduce_sum_(bad.to(vector.dtype), group) > 0, "task heads")
+        head_update = head_jacobian.sum(0) if group is None else head_jacobian.sum(0) * scale
         targets = list(heads)
-        updates = [block.sum(0) * scale for block in head_blocks]
+        updates = list(head_update.split([p.numel() for p in heads]))
         if trunk:
             trunk_grads = torch.autograd.grad(
                 feats,

@@ -37,6 +37,9 @@ from moopt._validation import check_choice
 
 _LOG = logging.getLogger("moopt")
 
+LossRows = torch.Tensor | Sequence[torch.Tensor]
+"""K task losses: a 1-D tensor or a sequence of scalar tensors."""
+
 STRATEGIES = ("auto", "batched", "loop")
 
 
@@ -55,10 +58,11 @@ class BatchedBackwardMemo:
         self.outcomes: dict[frozenset[type], bool] = {}
         self.batched_ok: bool | None = None
 
-    def prefers_batched(self, losses: torch.Tensor) -> bool:
+    def prefers_batched(self, losses: LossRows) -> bool:
         """Whether to try the batched backward first for these losses."""
         if self.strategy == "auto":
-            return losses.device.type != "cpu"
+            first = losses if isinstance(losses, torch.Tensor) else losses[0]
+            return first.device.type != "cpu"
         return self.strategy == "batched"
 
 
@@ -77,24 +81,39 @@ def graph_signature(roots: Sequence[torch.Tensor]) -> frozenset[type]:
     return frozenset(kinds)
 
 
+def _roots(losses: LossRows) -> list[torch.Tensor]:
+    """The K scalar losses to differentiate one at a time.
+
+    Given the user's separate per-task losses, the loop differentiates each of them
+    directly; differentiating ``torch.stack(losses)[k]`` instead would send zero
+    gradients down the K - 1 other tasks' subgraphs (K² head backward passes).
+    """
+    if isinstance(losses, torch.Tensor):
+        return [losses[k] for k in range(losses.numel())]
+    return [loss.reshape(()) for loss in losses]
+
+
 def _batched_gradients(
-    losses: torch.Tensor,
+    losses: LossRows,
     inputs: Sequence[torch.Tensor],
     retain_graph: bool,
     memo: BatchedBackwardMemo,
 ) -> list[torch.Tensor | None] | None:
     """The batched backward, or ``None`` when vmap cannot run this graph."""
-    signature = graph_signature([losses])
+    outputs = [losses] if isinstance(losses, torch.Tensor) else _roots(losses)
+    signature = graph_signature(outputs)
     outcome = memo.outcomes.get(signature)
     memo.batched_ok = outcome
     if outcome is False:
         return None
-    identity = torch.eye(losses.numel(), dtype=losses.dtype, device=losses.device)
+    n_tasks = losses.numel() if isinstance(losses, torch.Tensor) else len(outputs)
+    identity = torch.eye(n_tasks, dtype=outputs[0].dtype, device=outputs[0].device)
+    cotangents = [identity] if isinstance(losses, torch.Tensor) else list(identity.T)
     try:
         grads = torch.autograd.grad(
-            losses,
+            outputs,
             list(inputs),
-            grad_outputs=identity,
+            grad_outputs=cotangents,
             retain_graph=retain_graph if outcome else True,
             allow_unused=True,
             is_grads_batched=True,
@@ -108,10 +127,11 @@ def _batched_gradients(
 
 
 def _loop_matrix(
-    losses: torch.Tensor, inputs: Sequence[torch.Tensor], retain_graph: bool
+    losses: LossRows, inputs: Sequence[torch.Tensor], retain_graph: bool
 ) -> tuple[torch.Tensor, list[bool]]:
     """K backward passes written into the rows of one K×D matrix (one copy)."""
-    n_tasks = losses.numel()
+    roots = _roots(losses)
+    n_tasks = len(roots)
     sizes = [x.numel() for x in inputs]
     dtype = inputs[0].dtype
     for x in inputs[1:]:
@@ -120,7 +140,7 @@ def _loop_matrix(
     used = [False] * len(inputs)
     for k in range(n_tasks):
         keep = retain_graph or k < n_tasks - 1
-        grads = torch.autograd.grad(losses[k], inputs, retain_graph=keep, allow_unused=True)
+        grads = torch.autograd.grad(roots[k], inputs, retain_graph=keep, allow_unused=True)
         offset = 0
         for i, (grad, size) in enumerate(zip(grads, sizes)):
             row = jacobian[k, offset : offset + size]
@@ -134,14 +154,18 @@ def _loop_matrix(
 
 
 def task_jacobian_matrix(
-    losses: torch.Tensor,
+    losses: LossRows,
     inputs: Sequence[torch.Tensor],
     retain_graph: bool = False,
     memo: BatchedBackwardMemo | None = None,
 ) -> tuple[torch.Tensor, list[bool]]:
     """The K×D matrix whose row k is the flattened gradient of ``losses[k]`` with respect
     to all of ``inputs`` (concatenated), and for each input whether any loss depends on
-    it (an input no loss depends on contributes zero columns)."""
+    it (an input no loss depends on contributes zero columns).
+
+    ``losses`` is a 1-D tensor of K losses or a sequence of K scalar losses (preferred by
+    the loop, see :func:`_roots`).
+    """
     memo = BatchedBackwardMemo() if memo is None else memo
     if memo.prefers_batched(losses):
         grads = _batched_gradients(losses, inputs, retain_graph, memo)
@@ -154,7 +178,7 @@ def task_jacobian_matrix(
 
 
 def task_gradients(
-    losses: torch.Tensor,
+    losses: LossRows,
     inputs: Sequence[torch.Tensor],
     retain_graph: bool = False,
     memo: BatchedBackwardMemo | None = None,
@@ -163,6 +187,7 @@ def task_gradients(
 
     Returns one entry per input: a tensor of shape ``(K, *input.shape)`` whose slice ``k``
     is ``∂ losses[k] / ∂ input``, or ``None`` when no loss depends on that input.
+    ``losses`` is a 1-D tensor or a sequence of K scalar losses.
     """
     memo = BatchedBackwardMemo() if memo is None else memo
     if memo.prefers_batched(losses):
@@ -174,13 +199,13 @@ def task_gradients(
     jacobian, used = _loop_matrix(losses, inputs, retain_graph)
     blocks = jacobian.split([x.numel() for x in inputs], 1)
     return [
-        block.reshape(losses.numel(), *x.shape) if flag else None
+        block.reshape(jacobian.shape[0], *x.shape) if flag else None
         for block, x, flag in zip(blocks, inputs, used)
     ]
 
 
 def task_jacobian(
-    losses: torch.Tensor,
+    losses: LossRows,
     params: Sequence[torch.Tensor],
     retain_graph: bool = False,
     memo: BatchedBackwardMemo | None = None,

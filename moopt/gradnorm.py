@@ -156,7 +156,8 @@ class GradNorm(Combiner):
                     "initial loss 0"
                 )
             self.initial_losses.copy_(values.to(self.initial_losses))
-        grads = task_gradients(vector, self._shared, retain_graph=True, memo=memo_of(self))
+        rows = vector if isinstance(losses, torch.Tensor) else list(losses)
+        grads = task_gradients(rows, self._shared, retain_graph=True, memo=memo_of(self))
         missing = [i for i, g in enumerate(grads) if g is None]
         if missing:
             raise ValueError(f"no loss depends on shared[{missing[0]}]: pass a shared layer")

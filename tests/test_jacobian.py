@@ -130,6 +130,26 @@ def test_linear_aggregator_equals_plain_backward(through_numpy, strategy):
     torch.testing.assert_close(grads_of(net), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sequence_of_losses_equals_stacked_losses(strategy):
+    net, losses = make_problem(n_tasks=3, seed=2)
+    combiner = pinned(NormalisedSum(), strategy)
+    combiner.backward(losses()[0])
+    stacked = grads_of(net)
+    zero_grads(net)
+    vector, h = losses()
+    combiner.backward([vector[0], vector[1:2], vector[2]])
+    torch.testing.assert_close(grads_of(net), stacked, rtol=1e-12, atol=1e-12)
+    zero_grads(net)
+    vector, h = losses()
+    combiner.backward(list(vector), features=h)
+    from_list = grads_of(net)
+    zero_grads(net)
+    vector, h = losses()
+    combiner.backward(vector, features=h)
+    torch.testing.assert_close(grads_of(net), from_list, rtol=1e-12, atol=1e-12)
+
+
 def test_params_none_fills_every_leaf_and_accumulates():
     net, losses = make_problem()
     for p in net.parameters():
