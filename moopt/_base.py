@@ -201,9 +201,13 @@ class GradientCombiner(Combiner):
     (row ``k`` is ``∇ L_k``); :meth:`backward` computes ``J``, aggregates it and adds the
     result to ``.grad``.
 
-    **Per-task gradients** come from one batched backward (``vmap`` over the K rows of the
-    identity; see :mod:`moopt._jacobian`), with an automatic fallback to a loop of K
-    backward passes when vmap cannot run the graph. The results are the same either way.
+    **Per-task gradients** come from the engine in :mod:`moopt._jacobian`: one batched
+    backward (``vmap`` over the K rows of the identity) on accelerators, a loop of K
+    backward passes written straight into one K×D matrix on CPU (where it measured
+    faster), and an automatic fallback to the loop wherever vmap cannot run the graph.
+    The results are the same either way. Pass the losses as a sequence of separate
+    scalar tensors when you have them: each is then differentiated on its own, without
+    sending zero gradients through the other tasks' heads.
 
     **``features=`` mode** (``backward(losses, features=h)``): the per-task gradients are
     taken only down to a shared representation ``h`` (the trunk's output, shape
@@ -390,15 +394,16 @@ class GradientCombiner(Combiner):
 class GramianWeighting(GradientCombiner):
     """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
 
-    In :meth:`backward` the Gramian is accumulated block by block, ``G = Σ_p J_p J_pᵀ``
-    over the parameter tensors (no concatenated K×D copy of ``J``), and the update of
-    tensor ``p`` is ``w @ J_p``. Measured against the alternative of a second backward of
-    ``Σ_k w_k L_k`` (benchmarks/bench_training_step.py), ``w @ J`` is faster: the batched
-    backward has already produced ``J``, and the product costs K·D multiply-adds against a
-    whole extra backward pass. The trade-off is memory: the per-task gradients (K·D
-    numbers, K times a normal ``.grad``) are alive until the update is formed, whereas a
-    second backward could free them after the K×K Gramian is known; in ``features=`` mode
-    only the K×(B·F) feature gradients are ever held.
+    In :meth:`backward` the K×K Gramian is accumulated over column chunks of ``J`` and the
+    update is ``w @ J``, one pass over the K·D per-task gradients that the engine has
+    already produced. The alternative, a second backward of ``Σ_k w_k L_k`` once ``w`` is
+    known, was measured slower (benchmarks/bench_training_step.py: a whole extra backward
+    against K·D multiply-adds), so it is not used. The trade-off is memory: ``J`` (K·D
+    numbers, K times a normal ``.grad``) stays alive until the update is formed, whereas
+    the second-backward route could free it as soon as ``G`` is known, keeping only O(K²)
+    beyond a normal backward after that point; the peak while the K gradients are being
+    computed is K·D either way. In ``features=`` mode only the K×(B·F) feature gradients
+    are ever held.
     """
 
     @abc.abstractmethod
