@@ -6,6 +6,9 @@ by the function that needs it.
 
 from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
+
+# Adaptive loss weighting (issue 3, loss-level methods).
+from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
 from moopt.mdmm import MDMM, Constraint, MDMMOutput
 from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
@@ -28,6 +31,12 @@ __all__ = [
     "UncertaintyWeighting",
     "problems",
     "__version__",
+    # Adaptive loss weighting (issue 3, loss-level methods).
+    "DWA",
+    "FAMO",
+    "GeometricMean",
+    "RLW",
+    "ScaleInvariant",
     # engine
     "GradNorm",
 ]

@@ -160,6 +160,8 @@ class LossCombiner(Combiner):
     ) -> None:
         """``self(losses).backward()``, restricted to ``params`` when given."""
         total = self(losses)
+        if not total.requires_grad:
+            raise ValueError("losses do not require grad: they carry no graph to differentiate")
         inputs = None if params is None else as_param_list(params, total)
         total.backward(inputs=inputs, retain_graph=retain_graph)
 

@@ -239,3 +239,19 @@ def test_slack_inequality_decays_multiplier_to_zero():
         optimizer.step()
     assert 0 <= constraint.multiplier.item() < 1e-10
     assert math.isfinite(out.lagrangian.item())
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam])
+def test_multipliers_ascend_under_other_optimizers(optimizer_class):
+    a = torch.tensor([0.3, -1.2, 0.5, 2.0], dtype=torch.float64)
+    x_star = a + (3.0 - a.sum()) / 4
+    x = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    mdmm = moopt.MDMM([moopt.Constraint(">=", bound=3.0)])
+    optimizer = optimizer_class([x, *mdmm.parameters()], lr=0.01)
+    for _ in range(3000):
+        out = mdmm(((x - a) ** 2).sum(), [x.sum()])
+        optimizer.zero_grad()
+        out.lagrangian.backward()
+        optimizer.step()
+    torch.testing.assert_close(x.detach(), x_star, atol=1e-3, rtol=0)
+    assert out.multipliers[0].item() == pytest.approx(2 * (3.0 - a.sum().item()) / 4, rel=1e-2)
