@@ -166,12 +166,21 @@ class LossCombiner(Combiner):
         total.backward(inputs=inputs, retain_graph=retain_graph)
 
 
-def accumulate_grads(params: Sequence[torch.Tensor], updates: Sequence[torch.Tensor]) -> None:
-    """Add each update to its tensor's ``.grad`` (creating it), as ``backward`` would."""
+def accumulate_grads(
+    params: Sequence[torch.Tensor], updates: Sequence[torch.Tensor], fresh: bool = False
+) -> None:
+    """Add each update to its tensor's ``.grad`` (creating it), as ``backward`` would.
+
+    ``fresh``: the updates are pieces of one direction vector made for this call and
+    referenced nowhere else, so a missing ``.grad`` becomes the piece itself (the pieces
+    then share one buffer, like a flat gradient buffer) instead of a copy. Gradients
+    returned by ``torch.autograd.grad`` are not fresh in this sense: autograd may hand
+    the same tensor to several inputs.
+    """
     for param, update in zip(params, updates):
         piece = update.detach().reshape(param.shape).to(param.dtype)
         if param.grad is None:
-            param.grad = piece.clone() if piece._base is not None else piece
+            param.grad = piece if fresh else piece.clone()
         else:
             param.grad.add_(piece)
 
@@ -389,6 +398,8 @@ class GradientCombiner(Combiner):
                 f"({jacobian.shape[1]},); got "
                 f"{getattr(direction, 'shape', type(direction).__name__)}"
             )
+        if direction._base is not None:  # a view (of J, say): do not keep its base alive
+            direction = direction.clone()
         direction = broadcast_from_first(direction.detach().contiguous(), group)
         return direction[offset : offset + width]
 
