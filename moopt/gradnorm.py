@@ -71,6 +71,7 @@ class GradNorm(Combiner):
             ``self.parameters()``.
         alpha: the asymmetry ``α > 0`` (the paper uses 1.5 on NYUv2 and 0.12 on its
             synthetic data; 1.5 here).
+        min_weight: the smallest task weight kept at the renormalisation (see below).
 
     Choices where the paper is silent or implementations differ (the authors published
     no code):
@@ -82,8 +83,12 @@ class GradNorm(Combiner):
       the optimizer step is the user's, the renormalisation ``w ← K w / Σ_j w_j`` is
       applied at the start of the next :meth:`backward`, before ``w`` is used, which
       gives the same training trajectory (use :attr:`normalised_weights` to read
-      them in between). A weight that has become zero or negative (a learning rate too
-      large for ``w``) is an error rather than silently clipped.
+      them in between).
+    * The paper does not say what happens when a step drives a weight to zero or below
+      (it happens when one task's gradient norm dwarfs the others', whose equilibrium
+      weight is then close to 0, and a step overshoots). Here weights below
+      ``min_weight`` are raised to ``min_weight`` before the renormalisation;
+      ``min_weight=0`` turns this off and makes a non-positive weight an error.
     * LibMTL parameterises ``w = K·softmax(θ)`` and takes norms over all shared
       parameters; neither is done here.
 
@@ -93,9 +98,14 @@ class GradNorm(Combiner):
     :meth:`backward` inside ``ddp.no_sync()`` or on the unwrapped module).
     """
 
-    def __init__(self, n_tasks: int, shared: SharedLike, alpha: float = 1.5) -> None:
+    def __init__(
+        self, n_tasks: int, shared: SharedLike, alpha: float = 1.5, min_weight: float = 1e-3
+    ) -> None:
         super().__init__(n_tasks)
         self.alpha = check_positive(alpha, "alpha")
+        self.min_weight = check_positive(min_weight, "min_weight", allow_zero=True)
+        if self.min_weight * n_tasks >= n_tasks:
+            raise ValueError(f"min_weight must be below 1 (the mean weight); got {min_weight}")
         self._shared = _shared_tensors(shared)
         self.task_weights = nn.Parameter(torch.ones(n_tasks))
         self.register_buffer("initial_losses", torch.full((n_tasks,), float("nan")))
@@ -114,7 +124,9 @@ class GradNorm(Combiner):
 
     def _renormalise(self) -> None:
         weights = self.task_weights.detach()
-        bad = ~torch.isfinite(weights) | (weights <= 0)
+        bad = ~torch.isfinite(weights)
+        if self.min_weight == 0:
+            bad |= weights <= 0
         if bool(bad.any()):
             raise ValueError(
                 f"GradNorm task weights {weights.tolist()} are not all positive and finite "
@@ -122,7 +134,8 @@ class GradNorm(Combiner):
                 "the GradNorm weights"
             )
         with torch.no_grad():
-            self.task_weights.mul_(weights.numel() / weights.sum())
+            self.task_weights.clamp_(min=self.min_weight)
+            self.task_weights.mul_(weights.numel() / self.task_weights.sum())
 
     def backward(
         self,

@@ -138,9 +138,45 @@ def test_bad_input():
         GradNorm(2, shared=other).backward(hand_losses(s))
     with pytest.raises(ValueError, match=r"task\(s\) \[1\] have initial loss 0"):
         GradNorm(2, shared=s).backward(torch.stack([s, s * 0]))
-    gradnorm = GradNorm(2, shared=s)
-    gradnorm.backward(hand_losses(s))
+    with pytest.raises(ValueError, match="min_weight"):
+        GradNorm(2, shared=s, min_weight=1.0)
+    strict = GradNorm(2, shared=s, min_weight=0.0)
+    strict.backward(hand_losses(s))
     with torch.no_grad():
-        gradnorm.task_weights[1] = -0.5
+        strict.task_weights[1] = -0.5
     with pytest.raises(ValueError, match=r"not all positive.*task\(s\) \[1\]"):
-        gradnorm.backward(hand_losses(s))
+        strict.backward(hand_losses(s))
+    with torch.no_grad():
+        strict.task_weights[1] = float("nan")
+    with pytest.raises(ValueError, match=r"not all positive.*task\(s\) \[1\]"):
+        strict.backward(hand_losses(s))
+
+
+def test_weights_below_min_weight_are_raised_then_renormalised():
+    s = torch.tensor(1.0, requires_grad=True)
+    gradnorm = GradNorm(2, shared=s, min_weight=0.01)
+    with torch.no_grad():
+        gradnorm.task_weights.copy_(torch.tensor([3.0, -0.2]))
+    gradnorm.backward(hand_losses(s))
+    expected = torch.tensor([3.0, 0.01]) * (2 / 3.01)
+    torch.testing.assert_close(gradnorm.task_weights.detach(), expected)
+
+
+@pytest.mark.slow
+def test_multitask_example_runs_and_writes_the_figure(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = Path(__file__).parents[1] / "examples" / "multitask_methods.py"
+    spec = importlib.util.spec_from_file_location("multitask_methods", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "figure.png"
+    results = example.main(["--epochs", "2", "--n-train", "256", "--out", str(out)])
+    assert out.stat().st_size > 0
+    assert set(results) == set(example.METHODS)
+    for history in results.values():
+        assert len(history.losses) == 3
+        assert all(math.isfinite(v) for pair in history.losses for v in pair)
+        assert history.losses[-1][0] < history.losses[0][0]  # training helped task 1
