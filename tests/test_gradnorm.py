@@ -165,12 +165,14 @@ def test_weights_below_min_weight_are_raised_then_renormalised():
 @pytest.mark.slow
 def test_multitask_example_runs_and_writes_the_figure(tmp_path, monkeypatch):
     import importlib.util
+    import sys
     from pathlib import Path
 
     monkeypatch.setenv("MPLBACKEND", "Agg")
     path = Path(__file__).parents[1] / "examples" / "multitask_methods.py"
     spec = importlib.util.spec_from_file_location("multitask_methods", path)
     example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # dataclasses look the module up
     spec.loader.exec_module(example)
     out = tmp_path / "figure.png"
     results = example.main(["--epochs", "2", "--n-train", "256", "--out", str(out)])
