@@ -22,8 +22,8 @@ The aggregators here are private stand-ins written for this benchmark (the real 
 in ``moopt.gradsurgery``); with K <= 8 their cost is negligible next to the backward.
 Time is the CPU time of this process (``time.process_time``) with one torch thread,
 which on an idle machine equals the wall-clock time of the step and on a shared one is
-not inflated by the time other processes hold the core. Rounds interleave the methods;
-the median and the minimum over rounds are reported.
+not inflated by the time other processes hold the core. Each method runs its rounds
+back to back after a warm-up; the median and the minimum over rounds are reported.
 
 Run from the repository root::
 
@@ -178,17 +178,22 @@ def torchjd_methods(forward, params, shared) -> dict[str, Callable[[], None]]:
 def time_methods(
     methods: dict[str, Callable[[], None]], rounds: int
 ) -> dict[str, tuple[float, float]]:
-    """Median and minimum CPU milliseconds per step of each method, rounds interleaved."""
-    for step in methods.values():  # warm-up (vmap tracing, allocator)
-        step()
-        step()
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, step in methods.items():
+    """Median and minimum CPU milliseconds per step of each method.
+
+    Each method runs its warm-up and its rounds back to back, so that the memory
+    allocator settles into that method's pattern, as it does in a training loop.
+    """
+    results = {}
+    for name, step in methods.items():
+        for _ in range(3):  # warm-up (allocator, vmap tracing)
+            step()
+        times = []
+        for _ in range(rounds):
             start = time.process_time()
             step()
-            samples[name].append(time.process_time() - start)
-    return {name: (statistics.median(t) * 1e3, min(t) * 1e3) for name, t in samples.items()}
+            times.append(time.process_time() - start)
+        results[name] = (statistics.median(times) * 1e3, min(times) * 1e3)
+    return results
 
 
 def print_table(results: dict[int, dict[str, tuple[float, float]]], which: int) -> None:

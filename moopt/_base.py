@@ -296,11 +296,12 @@ class GradientCombiner(Combiner):
         group = resolve_group(process_group)
         if features is None:
             targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
+            accumulate_grads(targets, updates, fresh=True)
         else:
             targets, updates = self._feature_update(
                 vector, rows, params, as_feature_list(features), retain_graph, group
             )
-        accumulate_grads(targets, updates)
+            accumulate_grads(targets, updates, fresh=group is not None)
 
     def _parameter_update(
         self,
