@@ -372,10 +372,14 @@ class GradientCombiner(Combiner):
                 retain_graph=retain_graph,
                 allow_unused=True,
             )
-            targets = trunk + targets
-            updates = [
-                torch.zeros_like(p) if g is None else g for g, p in zip(trunk_grads, trunk)
-            ] + updates
+            if group is None:  # leave .grad alone where no loss reaches, as backward does
+                reached = [(p, g) for p, g in zip(trunk, trunk_grads) if g is not None]
+            else:  # every rank sends every tensor, so the all-reduce lines up
+                reached = [
+                    (p, torch.zeros_like(p) if g is None else g) for p, g in zip(trunk, trunk_grads)
+                ]
+            targets = [p for p, _ in reached] + targets
+            updates = [g for _, g in reached] + updates
         if group is not None and targets:
             flat = all_reduce_sum_(torch.cat([u.reshape(-1) for u in updates]), group)
             updates = list(flat.split([p.numel() for p in targets]))
