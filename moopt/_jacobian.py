@@ -12,8 +12,9 @@ floating-point round-off):
 Which one runs is decided by measurement, with no flag for the user: on CPU the loop is
 used, because vmap's batched backward measured 1.0–1.4× slower than the loop there
 (benchmarks/bench_training_step.py; the batched kernels of a small-batch MLP are
-memory-bound and vmap copies transposed operands), while on accelerators, where one
-launch for K tasks instead of K launches is what matters, the batched backward is used.
+memory-bound and vmap copies transposed operands), while on accelerators the batched
+backward is used, because there one launch of each kernel for all K tasks instead of K
+launches is expected to win (an expectation: no accelerator was available to measure it).
 
 When vmap cannot run the backward (a custom ``autograd.Function`` whose backward leaves
 torch, an op without a batching rule that the slow fallback rejects, ...), the engine
