@@ -90,6 +90,14 @@ def gradnorm_steps(x, y):
     return torch.cat([gradnorm.task_weights.detach(), flat_grads(net)])
 
 
+def explicit_group(x, y):
+    """The group passed explicitly (a new group holding both ranks)."""
+    net = fresh_net()
+    group = dist.new_group([0, 1]) if dist.is_initialized() else None
+    ProjectConflicting().backward(task_losses(net(x)[0], y), process_group=group)
+    return flat_grads(net)
+
+
 SCENARIOS = {
     "param-project-conflicting": param_mode(ProjectConflicting),
     "param-normalised-sum": param_mode(NormalisedSum),
@@ -97,6 +105,7 @@ SCENARIOS = {
     "features-normalised-sum": feature_mode(NormalisedSum),
     "ddp-no-sync-recipe": ddp_recipe,
     "gradnorm": gradnorm_steps,
+    "explicit-process-group": explicit_group,
 }
 
 
