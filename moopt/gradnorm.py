@@ -177,7 +177,7 @@ class GradNorm(Combiner):
         at_shared = all_reduce_mean_(torch.cat(flat_blocks(grads, self._shared), 1), group)
         check_finite_tasks(~torch.isfinite(at_shared).all(1), "at the shared layer")
         self._add_weight_gradient(at_shared.norm(dim=1), values)
-        weights = self.task_weights.detach().to(vector.dtype)
+        weights = self.task_weights.detach().to(vector)
         updates = torch.autograd.grad(
             (weights * vector).sum(), resolved, retain_graph=retain_graph, allow_unused=True
         )
