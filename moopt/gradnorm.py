@@ -185,9 +185,14 @@ class GradNorm(Combiner):
             used = [(p, u) for p, u in zip(resolved, updates) if u is not None]
             accumulate_grads([p for p, _ in used], [u for _, u in used])
         else:
-            flat = torch.cat([b.reshape(-1) for b in flat_blocks(updates, resolved)])
+            flat = torch.cat(
+                [
+                    (torch.zeros_like(p) if u is None else u).reshape(-1)
+                    for p, u in zip(resolved, updates)
+                ]
+            )
             all_reduce_mean_(flat, group)
-            accumulate_grads(resolved, flat.split([p.numel() for p in resolved]))
+            accumulate_grads(resolved, flat.split([p.numel() for p in resolved]), fresh=True)
 
     def _add_weight_gradient(self, norms: torch.Tensor, values: torch.Tensor) -> None:
         weights = self.task_weights
