@@ -35,6 +35,7 @@ from moopt._ddp import (
     broadcast_from_first,
     gather_columns,
     resolve_group,
+    used_on_any_rank,
     world_size,
 )
 from moopt._jacobian import (
@@ -318,8 +319,7 @@ class GradientCombiner(Combiner):
         all_reduce_mean_(jacobian, group)
         direction = self._combine(jacobian, group, sharded=False)
         pieces = direction.split([p.numel() for p in resolved])
-        if group is not None:  # every rank writes every tensor, so the replicas agree
-            return resolved, list(pieces)
+        used = used_on_any_rank(used, group, jacobian.device)
         kept = [(p, d) for p, d, flag in zip(resolved, pieces, used) if flag]
         return [p for p, _ in kept], [d for _, d in kept]
 
@@ -372,18 +372,19 @@ class GradientCombiner(Combiner):
                 retain_graph=retain_graph,
                 allow_unused=True,
             )
-            if group is None:  # leave .grad alone where no loss reaches, as backward does
-                reached = [(p, g) for p, g in zip(trunk, trunk_grads) if g is not None]
-            else:  # every rank sends every tensor, so the all-reduce lines up
-                reached = [
-                    (p, torch.zeros_like(p) if g is None else g) for p, g in zip(trunk, trunk_grads)
-                ]
-            targets = [p for p, _ in reached] + targets
-            updates = [g for _, g in reached] + updates
-        if group is not None and targets:
+            targets = trunk + targets
+            updates = [
+                torch.zeros_like(p) if g is None else g for p, g in zip(trunk, trunk_grads)
+            ] + updates
+            reached = [g is not None for g in trunk_grads] + used[len(feats) :]
+        else:
+            reached = used[len(feats) :]
+        if group is not None and targets:  # every rank sends every tensor
             flat = all_reduce_sum_(torch.cat([u.reshape(-1) for u in updates]), group)
             updates = list(flat.split([p.numel() for p in targets]))
-        return targets, updates
+        reached = used_on_any_rank(reached, group, vector.device)
+        kept = [(p, u) for p, u, flag in zip(targets, updates, reached) if flag]
+        return [p for p, _ in kept], [u for _, u in kept]
 
     def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
         """Aggregate J into the update direction of this rank's columns.

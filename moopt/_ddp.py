@@ -56,6 +56,18 @@ def all_reduce_mean_(tensor: torch.Tensor, group: Any) -> torch.Tensor:
     return tensor
 
 
+def used_on_any_rank(flags: list[bool], group: Any, device: torch.device) -> list[bool]:
+    """For each flag, whether it is set on at least one rank of ``group``.
+
+    Decides which tensors get a ``.grad`` under data parallelism: one that no loss of any
+    rank depends on is left alone, as ``backward`` would leave it.
+    """
+    if group is None:
+        return list(flags)
+    counts = torch.tensor([float(f) for f in flags], device=device)
+    return [bool(c > 0) for c in all_reduce_sum_(counts, group)]
+
+
 def broadcast_from_first(tensor: torch.Tensor, group: Any) -> torch.Tensor:
     """``tensor`` as it is on the group's first rank (a copy, on every rank).
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from moopt._base import Combiner, ParamsLike, accumulate_grads, as_param_list
-from moopt._ddp import all_reduce_mean_, resolve_group
+from moopt._ddp import all_reduce_mean_, resolve_group, used_on_any_rank
 from moopt._jacobian import check_finite_tasks, flat_blocks, memo_of, task_gradients
 from moopt._validation import LossesLike, check_positive
 
@@ -181,18 +181,17 @@ class GradNorm(Combiner):
         updates = torch.autograd.grad(
             (weights * vector).sum(), resolved, retain_graph=retain_graph, allow_unused=True
         )
-        if group is None:
-            used = [(p, u) for p, u in zip(resolved, updates) if u is not None]
-            accumulate_grads([p for p, _ in used], [u for _, u in used])
-        else:
+        reached = used_on_any_rank([u is not None for u in updates], group, vector.device)
+        if group is not None:  # every rank sends every tensor
             flat = torch.cat(
                 [
                     (torch.zeros_like(p) if u is None else u).reshape(-1)
                     for p, u in zip(resolved, updates)
                 ]
             )
-            all_reduce_mean_(flat, group)
-            accumulate_grads(resolved, flat.split([p.numel() for p in resolved]), fresh=True)
+            updates = all_reduce_mean_(flat, group).split([p.numel() for p in resolved])
+        kept = [(p, u) for p, u, flag in zip(resolved, updates, reached) if flag]
+        accumulate_grads([p for p, _ in kept], [u for _, u in kept], fresh=group is not None)
 
     def _add_weight_gradient(self, norms: torch.Tensor, values: torch.Tensor) -> None:
         weights = self.task_weights

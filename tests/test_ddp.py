@@ -90,6 +90,25 @@ def gradnorm_steps(x, y):
     return torch.cat([gradnorm.task_weights.detach(), flat_grads(net)])
 
 
+def unused_tensor(x, y):
+    """A tensor in params that no loss uses keeps ``.grad = None`` (parameter mode,
+    features= mode and GradNorm)."""
+    results = []
+    for mode in ("param", "features", "gradnorm"):
+        net = fresh_net()
+        extra = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        outputs, h = net(x)
+        losses, params = task_losses(outputs, y), [*net.parameters(), extra]
+        if mode == "param":
+            ProjectConflicting().backward(losses, params=params)
+        elif mode == "features":
+            NormalisedSum().backward(losses, params=params, features=h)
+        else:
+            GradNorm(2, shared=net.trunk[2], alpha=1.0).double().backward(losses, params=params)
+        results += [flat_grads(net), torch.tensor([float(extra.grad is None)])]
+    return torch.cat(results)
+
+
 def explicit_group(x, y):
     """The group passed explicitly (a new group holding both ranks)."""
     net = fresh_net()
@@ -106,6 +125,7 @@ SCENARIOS = {
     "ddp-no-sync-recipe": ddp_recipe,
     "gradnorm": gradnorm_steps,
     "explicit-process-group": explicit_group,
+    "unused-tensor-keeps-no-grad": unused_tensor,
 }
 
 
@@ -152,6 +172,13 @@ def test_two_ranks_equal_single_process_on_global_batch(rank_results, name):
     expected = SCENARIOS[name](*global_batch())
     for results in rank_results:
         torch.testing.assert_close(results[name], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_unused_tensor_has_no_grad_on_any_rank(rank_results):
+    flags = rank_results[0]["unused-tensor-keeps-no-grad"]
+    n_net = sum(p.numel() for p in fresh_net().parameters())
+    assert flags[n_net] == 1 and flags[2 * n_net + 1] == 1 and flags[3 * n_net + 2] == 1
 
 
 @pytest.mark.slow
