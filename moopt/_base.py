@@ -232,7 +232,13 @@ class GradientCombiner(Combiner):
     ``Σ_k ∂L_k/∂p``, i.e. its own task's gradient for a head used by one task. With MGDA as
     the aggregator this is MGDA-UB (Sener & Koltun 2018, "Multi-Task Learning as
     Multi-Objective Optimization", Sec. 3.3), which solves the min-norm problem on
-    ``∂L/∂Z`` as an upper bound of the one on the shared parameters. The per-sample
+    ``∂L/∂Z`` as an upper bound of the one on the shared parameters; like their official
+    code (``multi_task/train_multi_task.py``), the min-norm problem sees the feature
+    gradients flattened over the whole batch. Deviation from that code: it forwards the
+    batch a second time and backpropagates ``Σ_k w_k L_k`` through everything, so head k
+    receives ``w_k ∂L_k/∂head_k``; here the trunk update is the same (``Σ_k w_k ∂L_k/∂h``
+    backpropagated through the trunk, without a second forward) but head k receives its
+    task's unweighted gradient, as the combiner contract asks. The per-sample
     gradients of mean-reduced losses carry a 1/B factor; scale-invariant aggregators do
     not notice it, others see gradients 1/B smaller than per-sample ones. A parameter that
     the trunk uses and that the losses also reach around ``h`` (a skip connection) is an
