@@ -8,8 +8,8 @@ initialisation, data order and optimizer are trained once per method:
 
 * ``sum`` — ``moopt.Linear([1, 1])``: the plain ``L1 + L2`` baseline;
 * ``GradNorm`` — ``moopt.GradNorm`` (Chen et al. 2018) balancing the gradient norms at
-  the last shared layer, ``alpha = 1.5``; its task weights train with the model (Adam,
-  learning rate 0.025 for the weights).
+  the weight matrix of the last shared layer, ``alpha = 1.5``; its task weights train
+  with the model (Adam, learning rate 0.025 for the weights).
 
 Every method is a one-line change of ``combiner.backward(losses)``. The script prints the
 final test losses and accuracies and writes a figure of the two test losses against each
@@ -58,7 +58,7 @@ def task_losses(net: TwoDigitNet, data: MultiSplit, index: torch.Tensor | slice)
 
 METHODS: dict[str, Callable[[TwoDigitNet], Combiner]] = {
     "sum": lambda net: Linear([1.0, 1.0]),
-    "GradNorm": lambda net: GradNorm(n_tasks=2, shared=net.trunk[2], alpha=1.5),
+    "GradNorm": lambda net: GradNorm(n_tasks=2, shared=net.trunk[2].weight, alpha=1.5),
 }
 
 
