@@ -264,8 +264,11 @@ class GradientCombiner(Combiner):
         optimizer.step()                           # identical update on every rank
 
     (Calling the unwrapped ``ddp.module`` instead of ``ddp`` works the same way.) The
-    communication per step is K times that of plain DDP in parameter mode, and only
-    K² numbers (Gramian weightings) in ``features=`` mode.
+    combiner computes every gradient with ``torch.autograd.grad`` and writes ``.grad``
+    itself, so DDP's all-reduce hooks (which fire when autograd accumulates into
+    ``.grad``) never run on this graph; ``no_sync()`` states that intent and skips DDP's
+    per-step bookkeeping. The communication per step is K times that of plain DDP in
+    parameter mode, and only K² numbers (Gramian weightings) in ``features=`` mode.
     """
 
     @abc.abstractmethod
