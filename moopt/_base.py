@@ -304,14 +304,26 @@ class GradientCombiner(Combiner):
         vector = self.losses_vector(losses)
         rows = vector if isinstance(losses, torch.Tensor) else list(losses)
         group = resolve_group(process_group)
-        if features is None:
-            targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
-            accumulate_grads(targets, updates, fresh=True)
-        else:
-            targets, updates = self._feature_update(
-                vector, rows, params, as_feature_list(features), retain_graph, group
-            )
-            accumulate_grads(targets, updates, fresh=group is not None)
+        self.__dict__["_loss_values"] = all_reduce_mean_(vector.detach().clone(), group)
+        try:
+            if features is None:
+                targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
+                accumulate_grads(targets, updates, fresh=True)
+            else:
+                targets, updates = self._feature_update(
+                    vector, rows, params, as_feature_list(features), retain_graph, group
+                )
+                accumulate_grads(targets, updates, fresh=group is not None)
+        finally:
+            self.__dict__["_loss_values"] = None
+
+    @property
+    def loss_values(self) -> torch.Tensor | None:
+        """The K loss values (detached; averaged across ranks under ``torch.distributed``)
+        of the :meth:`backward` in progress, for aggregators whose result depends on the
+        losses as well as on the gradients (MGDA's "loss" normalisations); ``None``
+        outside :meth:`backward`."""
+        return self.__dict__.get("_loss_values")
 
     def _parameter_update(
         self,

@@ -70,3 +70,10 @@ def reference_jacobian(losses: torch.Tensor, inputs: list[torch.Tensor]) -> torc
             )
         )
     return torch.stack(rows)
+
+
+class InverseLoss(GramianWeighting):
+    """``w_k = 1 / L_k`` from the loss values of the backward in progress."""
+
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        return 1.0 / self.loss_values.to(gramian)

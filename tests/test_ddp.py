@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from engine_aggregators import (
+    InverseLoss,
     MeanOfGradients,
     MultiTaskNet,
     NormalisedSum,
@@ -120,6 +121,7 @@ def explicit_group(x, y):
 SCENARIOS = {
     "param-project-conflicting": param_mode(ProjectConflicting),
     "param-normalised-sum": param_mode(NormalisedSum),
+    "param-inverse-loss": param_mode(InverseLoss),
     "features-project-conflicting": feature_mode(ProjectConflicting),
     "features-normalised-sum": feature_mode(NormalisedSum),
     "ddp-no-sync-recipe": ddp_recipe,

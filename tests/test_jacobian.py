@@ -192,6 +192,22 @@ def test_gramian_route_equals_generic_route():
     torch.testing.assert_close(gramian_route, w @ jacobian, rtol=1e-10, atol=1e-12)
 
 
+class RecordsLossValues(MeanOfGradients):
+    def aggregate(self, jacobian):
+        self.seen = self.loss_values.clone()
+        return super().aggregate(jacobian)
+
+
+def test_loss_values_are_visible_to_the_aggregator_during_backward_only():
+    net, losses = make_problem()
+    combiner = RecordsLossValues()
+    assert combiner.loss_values is None
+    vector, h = losses()
+    combiner.backward(vector, features=h)
+    torch.testing.assert_close(combiner.seen, vector.detach())
+    assert combiner.loss_values is None
+
+
 # features= mode -------------------------------------------------------------------------
 
 
