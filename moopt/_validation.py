@@ -132,3 +132,19 @@ def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}")
     return value
+
+
+def carries_derivatives(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` must be kept as given (not copied) to keep its derivatives.
+
+    True for a tensor that requires grad, a forward-mode dual tensor, and a tensor
+    wrapped by a ``torch.func`` transform (``jvp``/``vmap``/``grad``), which reports
+    ``requires_grad=False`` but carries tangents that a copy would drop.
+    """
+    if tensor.requires_grad:
+        return True
+    from torch.autograd import forward_ad
+
+    if forward_ad.unpack_dual(tensor).tangent is not None:
+        return True
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(tensor))

@@ -56,7 +56,13 @@ import torch
 from torch import nn
 
 from moopt._base import Combiner, ParamsLike, as_param_list
-from moopt._validation import LossesLike, as_loss_vector, check_choice, check_positive
+from moopt._validation import (
+    LossesLike,
+    as_loss_vector,
+    carries_derivatives,
+    check_choice,
+    check_positive,
+)
 
 RELATIONS = ("==", "<=", ">=")
 
@@ -117,7 +123,7 @@ class Constraint(nn.Module):
                 f"bound of shape {tuple(tensor.shape)} does not broadcast to the constraint "
                 f"shape {tuple(self.shape)}"
             ) from None
-        if tensor.requires_grad:
+        if carries_derivatives(tensor):
             self.bound = tensor
         else:
             self.register_buffer("bound", tensor.detach().clone())

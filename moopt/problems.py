@@ -241,3 +241,120 @@ class FonsecaFleming(Problem):
     def sample_init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Uniform on [−1.5, 1.5]ⁿ, around the Pareto set."""
         return 3.0 * torch.rand(n, self.n_params, generator=generator, dtype=torch.float64) - 1.5
+
+
+class SphereOctant:
+    """Three losses on the positive octant of the unit sphere (a DTLZ2-like concave front).
+
+    Parameters ``θ = (θ₁, θ₂, z₁ … z_m)``: angles ``a = (π/2)·tri(θ₁)``,
+    ``b = (π/2)·tri(θ₂)`` and a distance ``g = Σ z_i²``; losses
+    ``L = (1 + g)·(cos a cos b, cos a sin b, sin a)``. This is DTLZ2 (Deb et al. 2002) with
+    its box ``x ∈ [0, 1]²`` replaced by the triangle wave ``tri(θ) = |((θ − 1) mod 2) − 1|``
+    (a reflection at the box faces), so θ is unconstrained and the edges of the octant are
+    reached at finite θ with a gradient of constant size. Smooth maps such as a sigmoid or
+    ``sin²θ`` make the edges stationary points in θ: a run that reaches an edge (an ε
+    bound at its tightest) can never leave it when the bound is then loosened. The front
+    is ``‖L‖ = 1, L ≥ 0``: concave, so linear weights reach only its three corners.
+
+    Args:
+        n_distance: m, the number of distance parameters (``n_params = 2 + m``).
+    """
+
+    n_objectives = 3
+
+    def __init__(self, n_distance: int = 1) -> None:
+        if isinstance(n_distance, bool) or not isinstance(n_distance, int) or n_distance < 0:
+            raise ValueError(f"n_distance must be a non-negative int; got {n_distance!r}")
+        self.n_distance = n_distance
+        self.n_params = 2 + n_distance
+
+    def __repr__(self) -> str:
+        return f"SphereOctant(n_distance={self.n_distance})"
+
+    def losses(self, theta: torch.Tensor) -> torch.Tensor:
+        """``[..., n_params]`` parameters to ``[..., 3]`` losses."""
+        if not isinstance(theta, torch.Tensor):
+            raise TypeError(f"theta must be a torch.Tensor; got {type(theta).__name__}")
+        if theta.dim() == 0 or theta.shape[-1] != self.n_params:
+            raise ValueError(
+                f"theta must have last dimension n_params={self.n_params}; "
+                f"got shape {tuple(theta.shape)}"
+            )
+        x = (torch.remainder(theta[..., :2] - 1.0, 2.0) - 1.0).abs()
+        a = 0.5 * math.pi * x[..., 0]
+        b = 0.5 * math.pi * x[..., 1]
+        radius = 1.0 + (theta[..., 2:] ** 2).sum(-1)
+        unit = torch.stack(
+            [torch.cos(a) * torch.cos(b), torch.cos(a) * torch.sin(b), torch.sin(a)], -1
+        )
+        return radius.unsqueeze(-1) * unit
+
+    def pareto_front(self, n_points: int) -> torch.Tensor:
+        """Front points ``w/‖w‖`` for the simplex lattice with ``n_points`` per edge."""
+        if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
+            raise ValueError(f"n_points must be an int >= 2; got {n_points!r}")
+        d = n_points - 1
+        rows = [(i, j, d - i - j) for i in range(d + 1) for j in range(d + 1 - i)]
+        lattice = torch.tensor(rows, dtype=torch.float64)
+        return lattice / lattice.norm(dim=1, keepdim=True)
+
+    def epsilon_point(self, eps: tuple[float, float] | list[float]) -> EpsilonPoint:
+        """Exact ``min L1 s.t. L2 <= ε₂, L3 <= ε₃``; ``eps = (ε₂, ε₃)``.
+
+        With ``ε₂² + ε₃² <= 1`` both bounds are active: ``L = (√(1−ε₂²−ε₃²), ε₂, ε₃)`` and
+        the multipliers ``λ_j = ε_j / L1`` (``−∂L1/∂ε_j``; infinite at ``L1 = 0``, returned
+        as ``inf``). Otherwise ``L1 = 0`` and every point of the arc ``L2² + L3² = 1``
+        inside the box is a minimiser; the one on the ray towards ``(ε₂, ε₃)`` is returned,
+        with multipliers 0. ``multiplier`` is a tuple of the two here.
+        """
+        e2, e3 = (float(v) for v in eps)
+        if e2 < 0 or e3 < 0:
+            raise ValueError(f"eps must be non-negative (L >= 0 on this problem); got {eps}")
+        rest = 1.0 - e2**2 - e3**2
+        if rest >= 0:
+            l1 = math.sqrt(rest)
+            lam = (e2 / l1, e3 / l1) if l1 > 0 else (math.inf, math.inf)
+            return EpsilonPoint(torch.tensor([l1, e2, e3], dtype=torch.float64), lam)
+        norm = math.hypot(e2, e3)
+        return EpsilonPoint(
+            torch.tensor([0.0, e2 / norm, e3 / norm], dtype=torch.float64), (0.0, 0.0)
+        )
+
+    def chebyshev_point(
+        self,
+        weights: torch.Tensor | list[float],
+        ideal: torch.Tensor | list[float] | None = None,
+    ) -> torch.Tensor:
+        """Exact minimiser of ``max_k w_k (L_k − z_k)`` for positive weights.
+
+        It is where the ray ``z + t/w`` (t > 0) meets the sphere: the positive root of
+        ``‖z + t d‖² = 1`` with ``d = 1/w``. Zero weights make the minimiser non-unique
+        (a ``ValueError``); ``ideal`` (z) must lie inside the unit ball, ``z >= 0``.
+        """
+        w = as_weight_vector(weights, "weights", n_tasks=3).detach().double()
+        if bool((w <= 0).any()):
+            raise ValueError(
+                f"weights must be positive (zero weights: no unique point); got {w.tolist()}"
+            )
+        z = (
+            torch.zeros(3, dtype=torch.float64)
+            if ideal is None
+            else torch.as_tensor(ideal, dtype=torch.float64)
+        )
+        if z.shape != (3,) or bool((z < 0).any()) or float(z.norm()) >= 1:
+            raise ValueError(
+                f"ideal must be 3 non-negative values inside the unit ball; got {z.tolist()}"
+            )
+        d = 1.0 / w
+        a, b, c = float(d @ d), float(2 * z @ d), float(z @ z) - 1.0
+        t = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+        return z + t * d
+
+    def sample_init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Angles' θ uniform on [0.1, π/2 − 0.1] (inside the octant), distance z on [−1, 1]."""
+        u = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
+        low = torch.tensor([0.1, 0.1] + [-1.0] * self.n_distance, dtype=torch.float64)
+        high = torch.tensor(
+            [0.5 * math.pi - 0.1] * 2 + [1.0] * self.n_distance, dtype=torch.float64
+        )
+        return low + (high - low) * u

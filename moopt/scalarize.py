@@ -14,13 +14,18 @@ import torch
 from torch import nn
 
 from moopt._base import LossCombiner
-from moopt._validation import as_weight_vector, check_choice, check_positive
+from moopt._validation import (
+    as_weight_vector,
+    carries_derivatives,
+    check_choice,
+    check_positive,
+)
 
 
 def _register_weights(module: nn.Module, name: str, weights: object) -> None:
-    """Store validated weights: as given (graph kept) when they require grad, else a buffer."""
+    """Store validated weights: as given when they carry derivatives, else as a buffer."""
     tensor = as_weight_vector(weights, name)
-    if tensor.requires_grad:
+    if carries_derivatives(tensor):
         setattr(module, name, tensor)
     else:
         module.register_buffer(name, tensor.detach().clone())

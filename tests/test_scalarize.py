@@ -154,3 +154,20 @@ def test_uncertainty_weighting_formula_and_state_dict():
     copy = moopt.UncertaintyWeighting(2, kinds=["regression", "classification"])
     copy.load_state_dict(combiner.state_dict())
     assert copy(losses).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_linear_built_inside_torch_func_keeps_tangents():
+    # Built inside jvp (as a hypergradient unroll does), the weights are wrapped tensors
+    # that report requires_grad=False; the combiner must keep them, not copy them.
+    losses = torch.tensor([3.0, 5.0], dtype=torch.float64)
+
+    def combined(weights):
+        return moopt.Linear(weights)(losses)
+
+    weights = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    _, tangent = torch.func.jvp(combined, (weights,), (torch.tensor([1.0, 0.0]).double(),))
+    assert tangent.item() == pytest.approx(3.0)
+    _, tangent = torch.func.jvp(
+        lambda w: moopt.Chebyshev(w, mu=1.0)(losses), (weights,), (torch.ones(2).double(),)
+    )
+    assert tangent.item() != 0.0

@@ -1,0 +1,229 @@
+"""The outer loop: hypergradient, outer update, record, checkpoint — for a number of outer steps.
+
+:func:`tune` repeats ``result = objective(k)`` (one full inner run with its hypergradients,
+e.g. a call of :func:`fds_hypergradients`), records the hyperparameter values used, the
+validation loss and the hypergradients in a :class:`History`, updates the schedules with an
+outer optimizer (the FDS :class:`SignStep` by default), and, given a checkpoint file,
+saves everything needed to resume after every outer step. A resumed run continues exactly
+where it stopped: the schedules, the outer optimizer's state, the history and the global
+random number generators (torch, CUDA, numpy, random) are restored, so that an objective
+that is deterministic given ``k`` and the global RNGs gives the same trajectory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moopt.hypergrad.engine import HypergradResult
+from moopt.hypergrad.outer import OuterOptimizer, SignStep
+from moopt.hypergrad.schedule import Schedule
+
+Objective = Callable[[int], HypergradResult]
+
+
+@dataclass
+class History:
+    """What happened at every outer step.
+
+    Attributes:
+        values: ``{name: [window values used at outer step k, shape (W, *shape)]}``.
+        val_losses: validation loss of the inner run at each outer step.
+        hypergrads: ``{name: [hypergradient of raw at outer step k]}``.
+        final_values: ``{name: window values after the last outer update}``.
+        window_of: ``{name: window index of every inner step}`` (to draw schedules).
+    """
+
+    values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    val_losses: list[float] = field(default_factory=list)
+    hypergrads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    final_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    window_of: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def outer_steps(self) -> int:
+        """Number of recorded outer steps."""
+        return len(self.val_losses)
+
+    def best_step(self) -> int:
+        """Outer step with the lowest validation loss."""
+        if not self.val_losses:
+            raise ValueError("the history is empty")
+        return int(np.argmin(self.val_losses))
+
+    def record(self, schedules: Mapping[str, Schedule], result: HypergradResult) -> None:
+        """Append the values of ``schedules`` (before their update) and ``result``."""
+        for name, schedule in schedules.items():
+            self.values.setdefault(name, []).append(schedule.values().cpu().clone())
+            self.hypergrads.setdefault(name, []).append(result.hypergrads[name].cpu().clone())
+            self.window_of[name] = schedule.window_of.clone()
+        self.val_losses.append(float(result.val_loss))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain containers of tensors and floats (for ``torch.save``)."""
+        return {
+            "values": self.values,
+            "val_losses": self.val_losses,
+            "hypergrads": self.hypergrads,
+            "final_values": self.final_values,
+            "window_of": self.window_of,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
+        """Rebuild a :class:`History` from :meth:`state_dict`."""
+        return cls(
+            values={k: list(v) for k, v in state["values"].items()},
+            val_losses=list(state["val_losses"]),
+            hypergrads={k: list(v) for k, v in state["hypergrads"].items()},
+            final_values=dict(state["final_values"]),
+            window_of=dict(state["window_of"]),
+        )
+
+    def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None):
+        """Plot the schedules (see :func:`moopt.hypergrad.plotting.plot_schedules`)."""
+        from moopt.hypergrad.plotting import plot_schedules
+
+        return plot_schedules(self, path=path, names=names)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG states, as tensors and plain containers (``weights_only`` loadable)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as error:
+        raise ImportError(
+            "the progress bar needs tqdm: pip install 'moopt[examples]' (or progress=False)"
+        ) from error
+    return tqdm(total=total, initial=initial, desc="FDS outer steps")
+
+
+def tune(
+    objective: Objective,
+    schedules: Mapping[str, Schedule],
+    outer_steps: int,
+    *,
+    outer: OuterOptimizer | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = True,
+    callback: Callable[[int, HypergradResult, History], None] | None = None,
+) -> History:
+    """Run ``outer_steps`` outer steps of hypergradient-based tuning.
+
+    Each outer step ``k``: ``result = objective(k)`` (a full inner run; it must return the
+    hypergradients of every schedule in ``schedules``, e.g. ``fds_hypergradients(...,
+    hypers=...)``), record it, then ``outer.step(schedules, result.hypergrads)``, then save
+    the checkpoint, then ``callback(k, result, history)``.
+
+    Args:
+        objective: ``objective(k) -> HypergradResult`` for the current schedule values.
+        schedules: ``{name: Schedule}`` to update (modified in place).
+        outer_steps: total number of outer steps (including those already checkpointed).
+        outer: the outer update (default: :class:`SignStep()`, the FDS rule).
+        checkpoint: file to save to after every outer step; if it exists, the run resumes
+            from it (the schedules and ``outer`` are overwritten with the saved state).
+        progress: show a tqdm progress bar over the outer steps.
+        callback: called after each outer step (e.g. to log).
+
+    Returns:
+        the :class:`History` of all outer steps (resumed ones included).
+    """
+    if isinstance(outer_steps, bool) or not isinstance(outer_steps, int) or outer_steps < 1:
+        raise ValueError(f"outer_steps must be a positive int; got {outer_steps!r}")
+    if not callable(objective):
+        raise TypeError(f"objective must be callable; got {type(objective).__name__}")
+    if not isinstance(schedules, Mapping) or not schedules:
+        raise ValueError("schedules must be a non-empty mapping name -> Schedule")
+    for name, schedule in schedules.items():
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"schedules[{name!r}] must be a Schedule; got {type(schedule).__name__}"
+            )
+    outer = SignStep() if outer is None else outer
+    if not isinstance(outer, OuterOptimizer):
+        raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
+    outer.validate(schedules)
+    path = None if checkpoint is None else Path(checkpoint)
+    history = History()
+    start = 0
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        if sorted(saved["schedules"]) != sorted(schedules):
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds schedules {sorted(saved['schedules'])}; "
+                f"this run tunes {sorted(schedules)}"
+            )
+        for name, schedule in schedules.items():
+            schedule.load_state_dict(saved["schedules"][name])
+        outer.load_state_dict(saved["outer"])
+        history = History.from_state_dict(saved["history"])
+        start = int(saved["next_step"])
+        _set_rng_state(saved["rng"])
+    bar = _progress(outer_steps, min(start, outer_steps), progress)
+    try:
+        for k in range(start, outer_steps):
+            result = objective(k)
+            if not isinstance(result, HypergradResult):
+                raise TypeError(
+                    f"objective must return a HypergradResult; got {type(result).__name__}"
+                )
+            history.record(schedules, result)
+            outer.step(schedules, result.hypergrads)
+            history.final_values = {n: s.values().cpu().clone() for n, s in schedules.items()}
+            if path is not None:
+                _save(
+                    path,
+                    {
+                        "next_step": k + 1,
+                        "schedules": {n: s.state_dict() for n, s in schedules.items()},
+                        "outer": outer.state_dict(),
+                        "history": history.state_dict(),
+                        "rng": _rng_state(),
+                    },
+                )
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(val_loss=f"{history.val_losses[-1]:.4g}")
+            if callback is not None:
+                callback(k, result, history)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
