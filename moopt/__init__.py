@@ -9,6 +9,22 @@ from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombin
 
 # Adaptive loss weighting (issue 3, loss-level methods).
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
+
+# Gradient-level combiners (gradient surgery: moopt/gradsurgery.py)
+from moopt.gradsurgery import (
+    IMTLG,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    ConFIG,
+    DualProj,
+    FairGrad,
+    GradDrop,
+    GradVac,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
 from moopt.mdmm import MDMM, Constraint, MDMMOutput
 from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
@@ -19,6 +35,19 @@ from moopt.gradnorm import GradNorm
 __version__ = "0.1.0"
 
 __all__ = [
+    # gradient-level combiners (gradsurgery)
+    "AlignedMTL",
+    "CAGrad",
+    "ConFIG",
+    "DualProj",
+    "FairGrad",
+    "GradDrop",
+    "GradVac",
+    "IMTLG",
+    "MGDA",
+    "NashMTL",
+    "PCGrad",
+    "UPGrad",
     "Chebyshev",
     "Combiner",
     "Constraint",

@@ -15,6 +15,9 @@ and the frontier tracer.
 * :class:`FonsecaFleming` — Fonseca & Fleming (1995) in n dimensions,
   ``L₁ = 1 − exp(−Σ (x_i − 1/√n)²)``, ``L₂ = 1 − exp(−Σ (x_i + 1/√n)²)``; concave front
   on the segment ``x_i = t``, ``t ∈ [−1/√n, 1/√n]``.
+* :class:`ZDT1`, :class:`ZDT2` — Zitzler, Deb & Thiele (2000) with box bounds
+  ``x ∈ [0, 1]^n`` handled by the reparametrisation ``x = sigmoid(θ)``; convex
+  (``f₂ = 1 − √f₁``) and concave (``f₂ = 1 − f₁²``) fronts.
 """
 
 from __future__ import annotations
@@ -358,3 +361,101 @@ class SphereOctant:
             [0.5 * math.pi - 0.1] * 2 + [1.0] * self.n_distance, dtype=torch.float64
         )
         return low + (high - low) * u
+
+
+class _ZDT(Problem):
+    """Common part of ZDT1 and ZDT2 (Zitzler, Deb & Thiele 2000).
+
+    Decision variables ``x ∈ [0, 1]^n``: ``f₁ = x₁``, ``g = 1 + 9/(n−1)·Σ_{i≥2} xᵢ``,
+    ``f₂ = g·h(f₁/g)``. The Pareto set is ``x₂ = … = xₙ = 0`` (``g = 1``), the front
+    ``f₂ = h(f₁)`` for ``f₁ ∈ [0, 1]``.
+
+    Box bounds by reparametrisation: :meth:`losses` takes unconstrained ``θ`` and
+    evaluates at ``x = sigmoid(θ)``, so any gradient method stays in the box;
+    :meth:`evaluate` takes ``x`` itself (what pymoo's ``get_problem("zdt1")`` evaluates).
+    The front is reached only in the limit ``θᵢ → −∞`` (``i ≥ 2``): under Adam ``θᵢ``
+    falls at a constant rate, so ``xᵢ`` and ``g − 1`` shrink geometrically.
+    """
+
+    n_objectives = 2
+
+    def __init__(self, n: int = 30) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"n (number of decision variables) must be an int >= 2; got {n!r}")
+        self.n_params = n
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n_params})"
+
+    @staticmethod
+    @abc.abstractmethod
+    def _h(ratio: torch.Tensor) -> torch.Tensor:
+        """``h(f₁/g)``, so that ``f₂ = g·h(f₁/g)``."""
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Objectives ``(f₁, f₂)`` of decision vectors ``x ∈ [0, 1]^n`` (batched)."""
+        self._check_theta(x)
+        f1 = x[..., 0]
+        g = 1.0 + 9.0 * x[..., 1:].sum(-1) / (self.n_params - 1)
+        return torch.stack([f1, g * self._h(f1 / g)], dim=-1)
+
+    def losses(self, theta: torch.Tensor) -> torch.Tensor:
+        self._check_theta(theta)
+        return self.evaluate(torch.sigmoid(theta))
+
+    def _front_at(self, t: float) -> tuple[float, float]:
+        f1 = 1.0 - t
+        return f1, float(self._h(torch.tensor(f1, dtype=torch.float64)))
+
+    def pareto_front(self, n_points: int) -> torch.Tensor:
+        self._check_n_points(n_points)
+        return torch.tensor(
+            [self._front_at(i / (n_points - 1)) for i in range(n_points)], dtype=torch.float64
+        )
+
+    def sample_init(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``θ = logit(u)`` with ``u`` uniform on the box (clipped to [1e-6, 1 − 1e-6])."""
+        u = torch.rand(n, self.n_params, generator=generator, dtype=torch.float64)
+        u = u.clamp(1e-6, 1.0 - 1e-6)
+        return torch.log(u) - torch.log1p(-u)
+
+
+class ZDT1(_ZDT):
+    """ZDT1: ``h(r) = 1 − √r``, convex front ``f₂ = 1 − √f₁``.
+
+    ε-constraint point of ``min f₁ s.t. f₂ ≤ ε`` (ε ∈ (0, 1)): ``f₁ = (1 − ε)²`` with
+    multiplier ``λ* = −df₁/df₂ = 2(1 − ε)``.
+    """
+
+    @staticmethod
+    def _h(ratio: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.sqrt(ratio)
+
+    def epsilon_point(self, eps: float) -> EpsilonPoint:
+        if eps >= 1.0:
+            return EpsilonPoint(torch.tensor([0.0, 1.0], dtype=torch.float64), 0.0)
+        if eps < 0.0:
+            raise ValueError(f"eps must be non-negative (f2 >= 0 on the front); got {eps}")
+        return EpsilonPoint(
+            torch.tensor([(1.0 - eps) ** 2, eps], dtype=torch.float64), 2.0 * (1.0 - eps)
+        )
+
+
+class ZDT2(_ZDT):
+    """ZDT2: ``h(r) = 1 − r²``, concave front ``f₂ = 1 − f₁²``.
+
+    ε-constraint point of ``min f₁ s.t. f₂ ≤ ε`` (ε ∈ (0, 1)): ``f₁ = √(1 − ε)`` with
+    multiplier ``λ* = −df₁/df₂ = 1 / (2√(1 − ε))``.
+    """
+
+    @staticmethod
+    def _h(ratio: torch.Tensor) -> torch.Tensor:
+        return 1.0 - ratio**2
+
+    def epsilon_point(self, eps: float) -> EpsilonPoint:
+        if eps >= 1.0:
+            return EpsilonPoint(torch.tensor([0.0, 1.0], dtype=torch.float64), 0.0)
+        if eps < 0.0:
+            raise ValueError(f"eps must be non-negative (f2 >= 0 on the front); got {eps}")
+        root = math.sqrt(1.0 - eps)
+        return EpsilonPoint(torch.tensor([root, eps], dtype=torch.float64), 0.5 / root)

@@ -94,3 +94,17 @@ def test_import_frontier_loads_no_heavy_package():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_unsupported_linear_point_is_a_failed_run_not_concavity():
+    # convex front; the w=(0.5, 0.5) run stopped above the chord of its neighbours, so it
+    # is unsupported, yet a linear run's own weights rank another found point better:
+    # that is a failed run, never evidence of a concave stretch.
+    rows = [("linear", (1.0, 0.0), (0.0, 1.0)), ("linear", (0.0, 1.0), (1.0, 0.0))]
+    rows += [("linear", (0.5, 0.5), (0.3, 0.35))]
+    rows += [("epsilon", None, (0.2, 0.4)), ("epsilon", None, (0.4, 0.2))]
+    diagnosis = diagnose(_front(rows))
+    assert diagnosis.unsupported[2]
+    assert not diagnosis.concave.any() and not diagnosis.is_concave
+    assert [f.index for f in diagnosis.failed] == [2]
+    assert "concavely" not in str(diagnosis) and "not concavity" in str(diagnosis)

@@ -90,6 +90,15 @@ def test_rerun_skips_every_finished_point(tmp_path):
     np.testing.assert_array_equal(second.losses, first.losses)
 
 
+def test_changing_the_damping_retrains_only_the_epsilon_points(tmp_path):
+    log = tmp_path / "calls.log"
+    trace(CountingTraining(log), store=tmp_path / "store", **SWEEP)
+    again = trace(CountingTraining(log), store=tmp_path / "store", damping=10.0, **SWEEP)
+    assert len(_calls(log)) == TOTAL + 4  # the four ε points, nothing else
+    assert not again.from_store[again.methods == "epsilon"].any()
+    assert again.from_store[again.methods != "epsilon"].all()
+
+
 def test_crashed_chain_resumes_from_its_last_stored_state(tmp_path):
     log = tmp_path / "calls.log"
     with pytest.raises(RuntimeError, match="re-run to resume"):

@@ -137,6 +137,36 @@ def test_sgd_lr_windows_momentum_weight_decay_and_loss_weight():
     assert result.train_losses.shape == (T,)
 
 
+def test_combiner_built_inside_the_loss_matches_functional_call():
+    model, data, val = _setup()
+    optimizer = SGD(lr=0.1, momentum=0.5)
+
+    def inline_loss(model_fn, batch, hypers):
+        x, y = batch
+        weights = torch.cat([torch.ones(1, dtype=DT), hypers["alpha"].reshape(1)])
+        return moopt.Linear(weights)(_two_losses(model_fn(x), y))
+
+    def val_loss(model_fn):
+        return ((model_fn(val[0]) - val[1]) ** 2).mean()
+
+    def batches(t):
+        return data[0][t], data[1][t]
+
+    results = [
+        fds_hypergradients(
+            model,
+            loss,
+            val_loss,
+            optimizer,
+            batches,
+            hypers={"alpha": Schedule(0.3, steps=T, dtype=DT)},
+        ).hypergrads["alpha"]
+        for loss in (inline_loss, _train_loss)
+    ]
+    assert float(results[0].abs().max()) > 0
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=0)
+
+
 def test_adam_lr_and_beta1():
     model, data, val = _setup(1)
     lr = Schedule(torch.tensor([0.02, 0.01], dtype=DT), steps=T, windows=2, dtype=DT)

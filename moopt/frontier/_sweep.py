@@ -208,6 +208,13 @@ def run_task(task: _Task) -> tuple[list[PointRecord], list[dict | None] | None]:
     return flat, (history if task.return_state else None)
 
 
+def _key_salt(config: PointConfig, fingerprint: str, damping: float) -> str:
+    """The store-key fingerprint of a point: ε runs also depend on the MDMM damping."""
+    if config.method == "epsilon":
+        return f"{fingerprint}|damping={float(damping)!r}"
+    return fingerprint
+
+
 def _resolve_target(target: object, n_objectives: int | None) -> tuple[TrainFn, int, str]:
     if hasattr(target, "losses") and hasattr(target, "sample_init"):
         target = ProblemTraining(target)
@@ -473,7 +480,10 @@ def trace(
             _Task(
                 train=train,
                 chains=chains[i : i + size],
-                keys=[[c.key(fingerprint) for c in chain] for chain in chains[i : i + size]],
+                keys=[
+                    [c.key(_key_salt(c, fingerprint, damping)) for c in chain]
+                    for chain in chains[i : i + size]
+                ],
                 n_objectives=n_obj,
                 damping=float(damping),
                 scales=scales,

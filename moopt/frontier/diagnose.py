@@ -10,7 +10,9 @@ From the points found by any methods, :func:`diagnose` reports three things:
    LP (scipy HiGHS), in losses normalised to ``[0, 1]`` by the non-dominated set's range:
    ``maximise t  s.t.  Σ_k w_k = 1, w ≥ 0, w·(q − p) ≥ t for every found q``; the
    *depth* of ``p`` is ``max(0, −t*)``, how far above the best weighted sum it stays at
-   its most favourable weight.
+   its most favourable weight. Only points found by other methods count as evidence of
+   concavity: an unsupported point of a ``"linear"`` run is beaten, on the run's own
+   weights, by another found point, so it is a failed run (2), not a concave stretch.
 2. **Failed linear runs.** A ``"linear"`` run with weights ``w`` failed to optimise its
    own objective when another found point ``q`` has ``w·L(q) < w·L(run)`` by more than
    ``fail_tol · w·range``: the run stopped in a worse basin or too early — an
@@ -49,14 +51,16 @@ class FailedRun:
 class Gap:
     """Neighbouring weights of one seed whose linear runs landed far apart.
 
-    ``inside`` lists the unsupported points found (by any method) in the box spanned by
-    the two landing points.
+    ``inside`` lists the concave-evidence points (unsupported, found by a non-linear
+    method) in the box spanned by the two landing points; ``found_inside`` counts every
+    point of a non-linear method there.
     """
 
     first: int
     second: int
     distance: float
     inside: list[int]
+    found_inside: int = 0
 
     @property
     def unsupported_inside(self) -> int:
@@ -149,6 +153,8 @@ class Diagnosis:
         nondominated: ``(N,)`` mask of non-dominated points.
         depth: ``(N,)`` support depth of each non-dominated point (0 elsewhere).
         unsupported: ``(N,)`` mask of non-dominated points with ``depth > support_tol``.
+        concave: ``(N,)`` mask of the unsupported points found by non-linear methods (the
+            evidence of concavity).
         stretches: concave stretches (:class:`Stretch`), ordered along L1.
         failed: linear runs that failed their own objective (:class:`FailedRun`).
         gaps: jumps between neighbouring linear weights (:class:`Gap`).
@@ -161,6 +167,7 @@ class Diagnosis:
         nondominated: np.ndarray,
         depth: np.ndarray,
         unsupported: np.ndarray,
+        concave: np.ndarray,
         stretches: list[Stretch],
         failed: list[FailedRun],
         gaps: list[Gap],
@@ -170,6 +177,7 @@ class Diagnosis:
         self.nondominated = nondominated
         self.depth = depth
         self.unsupported = unsupported
+        self.concave = concave
         self.stretches = stretches
         self.failed = failed
         self.gaps = gaps
@@ -177,8 +185,8 @@ class Diagnosis:
 
     @property
     def is_concave(self) -> bool:
-        """Whether any found non-dominated point is unreachable by linear weights."""
-        return bool(self.unsupported.any())
+        """Whether a non-linear method found a point that no linear weight reaches."""
+        return bool(self.concave.any())
 
     def __repr__(self) -> str:
         return (
@@ -231,6 +239,13 @@ class Diagnosis:
                 text += (
                     f" The gaps hold {inside} unsupported point(s) found by other methods: "
                     "the front there is concave, and linear weights jump across it."
+                )
+            elif any(gap.found_inside for gap in self.gaps):
+                found = sum(gap.found_inside for gap in self.gaps)
+                text += (
+                    f" Other methods found {found} point(s) inside, all reachable by some "
+                    "linear weight: the jump comes from optimisation (basins, "
+                    "initialisation), not concavity."
                 )
             elif not self.is_concave:
                 text += (
@@ -297,7 +312,8 @@ def diagnose(
     core = np.flatnonzero(nondominated)
     depth[core] = support_depth(scaled[core])
     unsupported = nondominated & (depth > support_tol)
-    stretches = _stretches(front, scaled, unsupported, nondominated)
+    concave = unsupported & (front.methods != "linear")
+    stretches = _stretches(front, scaled, concave, nondominated)
 
     failed = []
     for i in np.flatnonzero(front.methods == "linear"):
@@ -330,8 +346,15 @@ def diagnose(
                 box_low = np.minimum(scaled[i], scaled[j]) - 1e-9
                 box_high = np.maximum(scaled[i], scaled[j]) + 1e-9
                 inside = np.all((scaled > box_low) & (scaled < box_high), axis=1)
+                inside &= front.methods != "linear"
                 gaps.append(
-                    Gap(i, j, float(distance), np.flatnonzero(inside & unsupported).tolist())
+                    Gap(
+                        i,
+                        j,
+                        float(distance),
+                        np.flatnonzero(inside & concave).tolist(),
+                        int(inside.sum()),
+                    )
                 )
 
     at_ends = 0
@@ -344,6 +367,7 @@ def diagnose(
         nondominated,
         depth,
         unsupported,
+        concave,
         stretches,
         failed,
         gaps,

@@ -52,9 +52,10 @@ Layers:
 * :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`.
 * :mod:`~moopt.hypergrad.tune` — :func:`tune`, :class:`History` (checkpoint/resume, plot).
 
-Loss weights of a combiner: build the combiner once and pass the per-step weights with
-``torch.func.functional_call`` (a combiner constructed *inside* the loss stores a detached
-copy of its weights under the ``torch.func`` transforms, and its hypergradient is zero)::
+Loss weights of a combiner: build it inside the loss from the traced weights
+(``moopt.Linear(hypers["w"])(losses)``: combiners keep tensors that carry ``torch.func``
+tangents instead of copying them), or build it once and pass the per-step weights with
+``torch.func.functional_call``::
 
     combiner = moopt.Linear([1.0, 1.0])
     weights = Schedule(torch.tensor([1.0, 0.5]), steps=T, shape=(2,), bounds=(0.0, 1.0))

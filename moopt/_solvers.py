@@ -1,0 +1,564 @@
+"""Small per-step solvers of the gradient-level combiners, in torch, on the Gramian's device.
+
+Every solver works on the K×K Gramian ``G = J Jᵀ`` (K = number of tasks) and follows one
+pattern: iterations without autograd find the solution (or its active set) to a tight
+tolerance, then one last closed-form step on the identified active set is taken *with*
+autograd. At a solution that last step changes nothing numerically, but its graph gives the
+exact implicit derivative of the solution for a locally constant active set, so weights
+stay differentiable in ``G`` where the mathematics allows.
+
+Problems solved:
+
+* :func:`dual_cone_weights` — ``min_v vᵀ G v  s.t.  v ≥ u`` for many ``u`` at once (the
+  projection of ``Jᵀu`` onto the dual cone ``{x : J x ≥ 0}`` is ``Jᵀv``; Quinton & Rey 2024,
+  Prop. 1): projected accelerated gradient with restarts, polished by an exact solve on the
+  free set.
+* :func:`min_norm_simplex` — ``min_{w ∈ Δ} wᵀ G w`` (MGDA's min-norm point of the hull).
+* :func:`cagrad_dual` — ``min_{w ∈ Δ} wᵀ G b + r·sqrt(wᵀ G w)`` (CAGrad's dual).
+* :func:`power_root` — the positive root of ``G w = w^(-1/α)`` (Nash-MTL for α = 1,
+  FairGrad for any α > 0) by Newton's method on a strictly convex function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the solvers: ``eps^(2/3)`` of ``dtype``.
+
+    About 4e-11 for float64 and 2e-5 for float32: a few orders of magnitude above the
+    round-off floor of the KKT residuals, which grows with K and the condition of ``G``.
+    """
+    return float(torch.finfo(dtype).eps) ** (2.0 / 3.0)
+
+
+def gramian_scale(gramian: torch.Tensor) -> torch.Tensor:
+    """The largest diagonal entry of ``gramian`` (the squared norm of the longest gradient)."""
+    return gramian.detach().diagonal().max()
+
+
+def lipschitz_bound(gramian: torch.Tensor) -> torch.Tensor:
+    """An upper bound on ``λ_max(G)``: the smaller of the trace and the largest row-abs-sum."""
+    detached = gramian.detach()
+    return torch.minimum(detached.diagonal().sum(), detached.abs().sum(dim=1).max())
+
+
+def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve a symmetric (possibly indefinite or singular) system.
+
+    LU when it succeeds with a backward error below ``10·n·eps``; otherwise the min-norm
+    least-squares solution ``matrix⁺ rhs``.
+    """
+    solution, info = torch.linalg.solve_ex(matrix, rhs)
+    if int(info) == 0 and bool(torch.isfinite(solution).all()):
+        a, x, b = matrix.detach(), solution.detach(), rhs.detach()
+        residual = float((a @ x - b).abs().max())
+        size = float(a.abs().max() * x.abs().max() + b.abs().max())
+        if residual <= 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size:
+            return solution
+    return torch.linalg.pinv(matrix, hermitian=True) @ rhs
+
+
+def project_simplex(y: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of each column of ``y`` (K×B, or a K-vector) onto the simplex."""
+    sorted_y = torch.sort(y, dim=0, descending=True).values
+    cumulative = sorted_y.cumsum(dim=0) - 1.0
+    index = torch.arange(1, y.shape[0] + 1, dtype=y.dtype, device=y.device)
+    if y.dim() == 2:
+        index = index.unsqueeze(1)
+    support = (sorted_y - cumulative / index > 0).to(y.dtype)
+    count = support.sum(dim=0, keepdim=True).clamp(min=1.0)
+    theta = torch.gather(cumulative, 0, (count - 1).long()) / count
+    return (y - theta.reshape(theta.shape[1:] if y.dim() == 1 else theta.shape)).clamp(min=0.0)
+
+
+def dual_cone_weights(
+    gramian: torch.Tensor, lower: torch.Tensor, tol: float | None = None, fista_iter: int = 300
+) -> torch.Tensor:
+    """Solve ``min_v vᵀ G v  s.t.  v ≥ u`` for every column ``u`` of ``lower`` (K×B).
+
+    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. For K ≤ 32 an exact
+    solve on the free sets guessed from the constraints that ``u`` violates is tried first
+    (it is exact whenever that guess is right, e.g. always for K = 2). Otherwise all
+    columns run projected accelerated gradient together (FISTA with gradient restarts,
+    step ``1/L`` from :func:`lipschitz_bound`, at most ``fista_iter`` iterations) until the
+    KKT residual is below ``tol`` relative to the scale of ``G``; this is fast when ``G`` is well
+    conditioned. For K ≤ 32 one batched exact solve on the free sets then removes the
+    error that the residual leaves on an ill-conditioned ``G``. Columns still short of the
+    tolerance are finished exactly by a Lawson–Hanson active-set method warm-started from
+    the FISTA iterate (:func:`nonneg_qp_active_set`), which terminates in finitely many
+    steps, also for a singular ``G``. The returned ``V`` carries the implicit derivative in
+    ``G`` and ``u`` for a fixed active set.
+    """
+    tol = default_tolerance(gramian.dtype) if tol is None else tol
+    scale = gramian_scale(gramian)
+    if float(scale) == 0.0:
+        return lower.clone()
+    with torch.no_grad():
+        g_hat = gramian.detach() / scale
+        u = lower.detach()
+        step = 1.0 / float(lipschitz_bound(g_hat))
+        v = u.clone()
+        momentum_point = v
+        t = 1.0
+        residual = _dual_cone_kkt(g_hat, u, v)
+        polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+        if polish:
+            # First guess of the free sets: the constraints that u itself violates.
+            guess = u + (g_hat @ u < 0).to(u.dtype)
+            guessed, guessed_residual = _polish_on_free_sets(g_hat, u, guess, residual, tol)
+            if float(guessed_residual.max()) <= tol:
+                v, residual, polish = guessed, guessed_residual, False
+        for _ in range(fista_iter):
+            if float(residual.max()) <= tol:
+                break
+            v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
+            restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
+            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+            extrapolated = v_next + (t - 1.0) / t_next * (v_next - v)
+            momentum_point = torch.where(restart, v_next, extrapolated)
+            t = 1.0 if bool(restart.any()) else t_next
+            v = v_next
+            residual = _dual_cone_kkt(g_hat, u, v)
+        if polish:
+            v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
+        for column in (residual > tol).nonzero().flatten().tolist():
+            u_col = u[:, column]
+            slack = nonneg_qp_active_set(
+                g_hat, g_hat @ u_col, (v[:, column] - u_col).clamp(min=0.0), tol
+            )
+            v[:, column] = u_col + slack
+        free = v > u
+    if not (gramian.requires_grad or lower.requires_grad):
+        return v
+    return with_implicit_derivative(v, _differentiable_free_set_step(gramian, lower, v, free))
+
+
+POLISH_MAX_TASKS = 32
+"""Up to this K, :func:`dual_cone_weights` finishes FISTA with one batched exact solve."""
+
+
+def _polish_on_free_sets(
+    g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor, residual: torch.Tensor, tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One exact Newton step per column on its free set ``{v_j > u_j}`` (batched solve).
+
+    FISTA's KKT residual bounds the error of ``v`` only up to the conditioning of ``G``;
+    solving ``G_FF v_F = −G_FA u_A`` on the identified free set removes that error. A
+    column keeps the polished value where its KKT residual stays within ``tol`` (or does
+    not grow).
+    """
+    free = (v > u).T.to(g_hat.dtype)
+    systems = free[:, :, None] * g_hat[None] * free[:, None, :] + torch.diag_embed(1.0 - free)
+    fixed = (u * (1.0 - free.T)).T
+    rhs = torch.where(free > 0, -(fixed @ g_hat), u.T)
+    solution, info = torch.linalg.solve_ex(systems, rhs.unsqueeze(-1))
+    polished = solution.squeeze(-1).T
+    polished_residual = _dual_cone_kkt(g_hat, u, polished)
+    better = (
+        (info == 0)
+        & torch.isfinite(polished_residual)
+        & (polished_residual <= residual.clamp(min=tol))
+    )
+    return (
+        torch.where(better, polished, v),
+        torch.where(better, polished_residual, residual),
+    )
+
+
+def _dual_cone_kkt(g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per column, the largest violation of the dual-cone QP's KKT conditions."""
+    natural = (v - torch.maximum(u, v - g_hat @ v)).abs().amax(dim=0)
+    return torch.maximum(natural, (u - v).clamp(min=0.0).amax(dim=0))
+
+
+def nonneg_qp_active_set(
+    gramian: torch.Tensor, linear: torch.Tensor, start: torch.Tensor, tol: float
+) -> torch.Tensor:
+    """Exact ``argmin_{s ≥ 0} ½ sᵀ G s + qᵀ s`` by Lawson–Hanson's active-set method.
+
+    ``G`` is positive semi-definite and ``q`` in its range (so the minimum exists).
+    Warm-started from the feasible ``start``: its positive entries form the first passive
+    set. Each step minimises over the passive set (least squares, min-norm where ``G_PP`` is
+    singular), steps back to feasibility when an entry would turn negative, and otherwise
+    frees the constrained entry with the most negative gradient, until every gradient entry
+    of the constrained set is ``≥ −tol``.
+
+    Raises:
+        RuntimeError: when the method has not terminated after ``10·K + 10`` steps.
+    """
+    n = linear.shape[0]
+    s = start.clone()
+    passive = s > 0
+    for _ in range(10 * n + 10):
+        z = _passive_minimiser(gramian, linear, passive)
+        while bool((z[passive] <= 0).any()):
+            blocking = passive & (z <= 0)
+            ratios = s[blocking] / (s[blocking] - z[blocking])
+            s = s + ratios.min() * (z - s)
+            passive = passive & (s > tol * tol)
+            s = torch.where(passive, s, torch.zeros_like(s))
+            z = _passive_minimiser(gramian, linear, passive)
+        s = z
+        gradient = gramian @ s + linear
+        candidates = torch.where(passive, torch.zeros_like(gradient), gradient)
+        if float(candidates.min()) >= -tol:
+            return s
+        passive[int(candidates.argmin())] = True
+    raise RuntimeError("non-negative QP active-set method did not terminate")
+
+
+def _passive_minimiser(
+    gramian: torch.Tensor, linear: torch.Tensor, passive: torch.Tensor
+) -> torch.Tensor:
+    """Minimiser of ``½ sᵀ G s + qᵀ s`` with ``s`` zero off ``passive`` (min-norm)."""
+    result = torch.zeros_like(linear)
+    if bool(passive.any()):
+        block = gramian[passive][:, passive]
+        rhs = -linear[passive].unsqueeze(1)
+        result[passive] = solve_symmetric(block, rhs).squeeze(1)
+    return result
+
+
+def _differentiable_free_set_step(
+    gramian: torch.Tensor, lower: torch.Tensor, v: torch.Tensor, free: torch.Tensor
+) -> torch.Tensor:
+    """Recompute ``v`` on its free set with autograd: the implicit derivative of the QP."""
+    columns = []
+    for column in range(lower.shape[1]):
+        mask = free[:, column]
+        u = lower[:, column]
+        if not bool(mask.any()):
+            columns.append(u)
+            continue
+        fixed = torch.where(mask, torch.zeros_like(u), u)
+        rhs = -(gramian[mask] @ fixed)
+        block = gramian[mask][:, mask]
+        solution = solve_symmetric(block, rhs)
+        full = torch.zeros_like(u).masked_scatter(mask, solution)
+        columns.append(torch.where(mask, full, u))
+    return torch.stack(columns, dim=1)
+
+
+def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: int = 10000):
+    """Weights ``w ∈ Δ`` of the min-norm point ``Jᵀw`` of the convex hull of the rows of J.
+
+    KKT conditions: ``(G w)_j ≥ ν`` for every j with equality on the support of ``w``, where
+    ``ν = wᵀ G w``. An exact solve of the bordered system ``[G_FF 1; 1ᵀ 0][w; −ν] = [0; 1]``
+    on the candidate support F (all tasks first) is checked against the KKT conditions
+    (K = 2 has a closed form);
+    when it fails, projected accelerated gradient on the simplex refines the support and the
+    exact solve is retried every 25 iterations.
+
+    Raises:
+        RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
+    """
+    tol = default_tolerance(gramian.dtype) if tol is None else tol
+    n_tasks = gramian.shape[0]
+    scale = gramian_scale(gramian)
+    uniform = torch.full((n_tasks,), 1.0 / n_tasks, dtype=gramian.dtype, device=gramian.device)
+    if float(scale) == 0.0:
+        return uniform
+    if n_tasks == 2:
+        return _min_norm_of_two(gramian / scale)
+    with torch.no_grad():
+        g_hat = gramian.detach() / scale
+        step = 1.0 / float(lipschitz_bound(g_hat))
+        w = uniform.clone()
+        momentum_point = w
+        t = 1.0
+        support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
+        for iteration in range(max_iter):
+            if iteration % 25 == 0:
+                candidate = _min_norm_on_support(g_hat, support, clamp=True)
+                if _min_norm_kkt(g_hat, candidate) <= tol:
+                    solution = candidate
+                    break
+            w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
+            if _min_norm_kkt(g_hat, w_next) <= tol:
+                solution, support = w_next, w_next > 0
+                break
+            restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
+            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+            momentum_point = w_next if restart else w_next + (t - 1.0) / t_next * (w_next - w)
+            t = 1.0 if restart else t_next
+            w = w_next
+            support = w > 0
+        else:
+            raise RuntimeError(
+                f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations"
+            )
+    if not gramian.requires_grad:
+        return solution
+    return with_implicit_derivative(solution, _min_norm_on_support(gramian / scale, support))
+
+
+def _min_norm_of_two(gramian: torch.Tensor) -> torch.Tensor:
+    """Closed form for K = 2: ``γ = clip((G22 − G12) / (G11 + G22 − 2 G12), 0, 1)``."""
+    curvature = gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1]
+    if float(curvature.detach()) <= 0:
+        return torch.full((2,), 0.5, dtype=gramian.dtype, device=gramian.device)
+    gamma = ((gramian[1, 1] - gramian[0, 1]) / curvature).clamp(0.0, 1.0)
+    return torch.stack([gamma, 1.0 - gamma])
+
+
+def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``solution``'s value with the derivative of ``step``, a re-solve on its active set.
+
+    The re-solve with autograd gives the implicit derivative for a fixed active set; its
+    value may differ from the checked ``solution`` only in degenerate (rank-deficient)
+    cases, where the derivative is then that of one particular solution.
+    """
+    return solution + (step - step.detach())
+
+
+def _min_norm_on_support(
+    gramian: torch.Tensor, support: torch.Tensor, clamp: bool = False
+) -> torch.Tensor:
+    """Min-norm weights restricted to ``support`` (bordered KKT system, least squares)."""
+    size = int(support.sum())
+    block = gramian[support][:, support]
+    ones = torch.ones(size, 1, dtype=gramian.dtype, device=gramian.device)
+    bordered = torch.cat(
+        [torch.cat([block, ones], dim=1), torch.cat([ones.T, ones.new_zeros(1, 1)], dim=1)]
+    )
+    rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
+    rhs[-1] = 1.0
+    solution = solve_symmetric(bordered, rhs)
+    weights = torch.zeros(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+    weights = weights.masked_scatter(support, solution[:size])
+    if clamp:
+        weights = weights.clamp(min=0.0)
+        weights = weights / weights.sum()
+    return weights
+
+
+def _min_norm_kkt(g_hat: torch.Tensor, w: torch.Tensor) -> float:
+    """Largest violation of the min-norm KKT conditions (negativity, sum, stationarity)."""
+    gradient = g_hat @ w
+    value = w @ gradient
+    negativity = (-w).clamp(min=0.0).max()
+    total = (w.sum() - 1.0).abs()
+    stationarity = (value - gradient).clamp(min=0.0).max()
+    on_support = torch.where(w > 0, (gradient - value).abs(), torch.zeros_like(w)).max()
+    return float(torch.stack([negativity, total, stationarity, on_support]).max())
+
+
+def cagrad_dual(
+    gramian: torch.Tensor,
+    anchor: torch.Tensor,
+    radius: torch.Tensor,
+    tol: float | None = None,
+    max_iter: int = 20000,
+) -> torch.Tensor:
+    """CAGrad's combination weights ``b + λ w`` (Liu et al. 2021, Eq. 8-9).
+
+    ``w`` minimises ``F(w) = wᵀ G b + r ‖Jᵀw‖`` over the simplex (``b`` = ``anchor`` weights
+    of ``g0 = Jᵀb``, ``r`` = ``radius``) and ``λ = r / ‖Jᵀw‖``, so the update is
+    ``d = g0 + r·g_w/‖g_w‖``. For a support F, the KKT conditions
+    ``(G (b + λ w))_F = τ·1``, ``1ᵀw = 1``, ``‖Jᵀw‖ = r/λ`` have a closed form (a quadratic
+    in 1/λ, see :func:`_cagrad_on_support`); the support is found by projected gradient with
+    Armijo backtracking on F and checked against the full KKT conditions. When the
+    optimum is ``g_w = 0`` (``r ≥ ‖g0‖`` and 0 in the convex hull of the gradients:
+    Pareto-stationary), ``λ`` is infinite and zero weights are returned, as TorchJD does
+    (the official code divides by ``‖g_w‖ + 1e-8``).
+
+    Raises:
+        RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
+    """
+    tol = default_tolerance(gramian.dtype) if tol is None else tol
+    n_tasks = gramian.shape[0]
+    scale = gramian_scale(gramian)
+    if float(scale) == 0.0 or float(radius.detach()) == 0.0:
+        return anchor.clone()
+    with torch.no_grad():
+        g_hat = gramian.detach() / scale
+        r_hat = float(radius.detach()) / float(scale) ** 0.5
+        b = anchor.detach()
+        linear = g_hat @ b
+        w = torch.full_like(b, 1.0 / n_tasks)
+        support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
+        step = 1.0
+
+        candidate = _cagrad_on_support(g_hat, b, r_hat, support)
+        accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+        if not accepted and r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
+            closest = min_norm_simplex(g_hat, tol)
+            if float(closest @ g_hat @ closest) <= tol:
+                return torch.zeros_like(anchor)
+
+        def objective(x: torch.Tensor) -> float:
+            return float(x @ linear + r_hat * (x @ g_hat @ x).clamp(min=0.0).sqrt())
+
+        iteration = 0
+        while not accepted:
+            if iteration == max_iter:
+                raise RuntimeError(
+                    f"CAGrad dual solver did not reach tolerance {tol:g} in {max_iter} iterations"
+                )
+            norm = float((w @ g_hat @ w).clamp(min=0.0).sqrt())
+            gradient = linear + (r_hat / max(norm, 1e-300)) * (g_hat @ w)
+            current = objective(w)
+            step = min(step * 2.0, 1e6)
+            while True:
+                w_next = project_simplex(w - step * gradient)
+                decrease = gradient @ (w_next - w) + ((w_next - w) ** 2).sum() / (2.0 * step)
+                if objective(w_next) <= current + float(decrease) or step < 1e-20:
+                    break
+                step /= 2.0
+            w = w_next
+            support = w > 0
+            iteration += 1
+            if iteration % 10 == 0:
+                candidate = _cagrad_on_support(g_hat, b, r_hat, support)
+                accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+    w_star, lam_star, _ = candidate
+    solution = anchor.detach() + lam_star * w_star
+    if not (gramian.requires_grad or radius.requires_grad):
+        return solution
+    step_weights = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
+    if step_weights is None:
+        return solution
+    return with_implicit_derivative(solution, anchor + step_weights[1] * step_weights[0])
+
+
+def _cagrad_on_support(
+    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor | float, support: torch.Tensor
+):
+    """KKT point ``(w, λ, τ)`` of CAGrad's dual with ``w`` supported on ``support``, or None.
+
+    With ``μ = 1/λ`` and ``σ = μ τ``, the stationarity and simplex conditions
+    ``G_FF w_F − σ 1 = −μ (G b)_F``, ``1ᵀ w_F = 1`` are linear: the bordered system gives
+    ``(w_F, σ) = (y0, σ0) + μ (y1, σ1)``. Then ``‖Jᵀw‖ = r μ`` is the quadratic
+    ``(y1ᵀGy1 − r²) μ² + 2 y0ᵀGy1 μ + y0ᵀGy0 = 0``; of its positive roots, the one with
+    the smallest KKT violation is returned. Least squares (min-norm) solves keep this
+    defined when the support's gradients are affinely dependent.
+    """
+    size = int(support.sum())
+    block = gramian[support][:, support]
+    ones = torch.ones(size, 1, dtype=gramian.dtype, device=gramian.device)
+    bordered = torch.cat(
+        [torch.cat([block, -ones], dim=1), torch.cat([ones.T, ones.new_zeros(1, 1)], dim=1)]
+    )
+    rhs = torch.zeros(size + 1, 2, dtype=gramian.dtype, device=gramian.device)
+    rhs[-1, 0] = 1.0
+    rhs[:size, 1] = -(gramian @ b)[support]
+    solution = solve_symmetric(bordered, rhs)
+    y0, y1 = solution[:size, 0], solution[:size, 1]
+    sigma0, sigma1 = solution[size, 0], solution[size, 1]
+    quad = y1 @ block @ y1 - r * r
+    half_linear = y0 @ block @ y1
+    constant = y0 @ block @ y0
+    roots = []
+    if abs(float(quad.detach())) > 1e-14 * max(float(constant.detach().abs()), 1e-300):
+        discriminant = half_linear * half_linear - quad * constant
+        if float(discriminant.detach()) >= 0:
+            root = discriminant.clamp(min=0.0).sqrt()
+            roots = [(-half_linear + root) / quad, (-half_linear - root) / quad]
+    elif float(half_linear.detach()) != 0:
+        roots = [-constant / (2.0 * half_linear)]
+    best, best_violation = None, float("inf")
+    for mu in roots:
+        if not float(mu.detach()) > 0:
+            continue
+        w = torch.zeros_like(b).masked_scatter(support, y0 + mu * y1)
+        candidate = (w, 1.0 / mu, (sigma0 + mu * sigma1) / mu)
+        radius = float(r.detach()) if isinstance(r, torch.Tensor) else float(r)
+        violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
+        if violation < best_violation:
+            best, best_violation = candidate, violation
+    return best
+
+
+def _detached(values: tuple) -> tuple:
+    """Detach every tensor of a tuple."""
+    return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
+
+
+def _cagrad_kkt(g_hat: torch.Tensor, b: torch.Tensor, r: float, w: torch.Tensor, lam, tau) -> float:
+    """Largest violation of CAGrad's dual KKT conditions at ``(w, λ, τ)``."""
+    gradient = g_hat @ (b + lam * w)
+    negativity = (-w).clamp(min=0.0).max()
+    total = (w.sum() - 1.0).abs()
+    stationarity = (tau - gradient).clamp(min=0.0).max()
+    on_support = torch.where(w > 0, (gradient - tau).abs(), torch.zeros_like(w)).max()
+    norm = (w @ g_hat @ w).clamp(min=0.0).sqrt()
+    radius_gap = (lam * norm - r).abs() / max(r, 1e-300)
+    return float(torch.stack([negativity, total, stationarity, on_support, radius_gap]).max())
+
+
+def power_root(
+    gramian: torch.Tensor, alpha: float, tol: float | None = None, max_iter: int = 200
+) -> torch.Tensor:
+    """The positive solution ``w`` of ``G w = w^(-1/α)`` (element-wise power), ``α > 0``.
+
+    It is the unique minimiser of the strictly convex ``½ wᵀ G w − Σ_k φ(w_k)`` with
+    ``φ' (w) = w^(-1/α)`` (``φ = log`` for α = 1), found by damped Newton steps (Armijo
+    backtracking on the objective, or a decrease of the residual where round-off hides
+    the objective's decrease; kept positive) from the solution for a diagonal Gramian.
+    A final Newton step with autograd gives the implicit derivative in ``G``.
+
+    Raises:
+        ValueError: when some task's gradient is zero (no positive solution exists).
+        RuntimeError: when Newton's method does not converge (no positive solution, e.g. a
+            singular Gramian with a positive null vector).
+    """
+    tol = default_tolerance(gramian.dtype) if tol is None else tol
+    diagonal = gramian.detach().diagonal()
+    if bool((diagonal <= 0).any()):
+        zero = (diagonal <= 0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
+        )
+    exponent = -1.0 / alpha
+
+    def residual(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return g @ w - w.pow(exponent)
+
+    def merit(g: torch.Tensor, w: torch.Tensor) -> float:
+        potential = w.log() if alpha == 1.0 else w.pow(1.0 + exponent) / (1.0 + exponent)
+        return float(0.5 * w @ g @ w - potential.sum())
+
+    with torch.no_grad():
+        g = gramian.detach()
+        w = diagonal.pow(-alpha / (alpha + 1.0))
+        for _ in range(max_iter):
+            res = residual(g, w)
+            if float((res.abs() / w.pow(exponent)).max()) <= tol:
+                break
+            hessian = g + torch.diag(-exponent * w.pow(exponent - 1.0))
+            step_solution, info = torch.linalg.solve_ex(hessian, res)
+            if int(info) != 0:
+                w = torch.full_like(w, float("nan"))
+                break
+            direction = -step_solution
+            ratio = torch.where(direction < 0, -w / direction, torch.full_like(w, float("inf")))
+            step = min(1.0, 0.99 * float(ratio.min()))
+            current = merit(g, w)
+            slope = float(res @ direction)
+            size = float(res.norm())
+            while (
+                merit(g, w + step * direction) > current + 1e-4 * step * slope
+                and float(residual(g, w + step * direction).norm()) >= size
+            ):
+                step /= 2.0
+                if step < 1e-30:
+                    break
+            w = w + step * direction
+            if not bool(torch.isfinite(w).all()):
+                break
+        else:
+            w = torch.full_like(w, float("nan"))
+        if (
+            not bool(torch.isfinite(w).all())
+            or float((residual(g, w).abs() / w.pow(exponent)).max()) > tol
+        ):
+            raise RuntimeError(
+                "G w = w^(-1/alpha) has no positive solution to tolerance "
+                f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"
+            )
+    if not gramian.requires_grad:
+        return w
+    hessian = gramian + torch.diag(-exponent * w.pow(exponent - 1.0))
+    return w - torch.linalg.solve(hessian, residual(gramian, w))
