@@ -9,7 +9,11 @@ initialisation, data order and optimizer are trained once per method:
 * ``sum`` — ``moopt.Linear([1, 1])``: the plain ``L1 + L2`` baseline;
 * ``GradNorm`` — ``moopt.GradNorm`` (Chen et al. 2018) balancing the gradient norms at
   the weight matrix of the last shared layer, ``alpha = 1.5``; its task weights train
-  with the model (Adam, learning rate 0.025 for the weights).
+  with the model (Adam, learning rate 0.025 for the weights);
+* ``PCGrad``, ``MGDA``, ``UPGrad``, ``IMTL-G`` — gradient-level combiners from
+  ``moopt.gradsurgery``, on the exact per-task gradients of all parameters;
+* ``UPGrad features=`` — UPGrad on the gradients of the trunk's output only, then one
+  backward through the trunk (the ``features=`` mode).
 
 Every method is a one-line change of ``combiner.backward(losses)``. The script prints the
 final test losses and accuracies and writes a figure of the two test losses against each
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moopt import Combiner, GradNorm, Linear
+from moopt import IMTLG, MGDA, Combiner, GradNorm, Linear, PCGrad, UPGrad
 from moopt.data import MultiSplit, multi_digits
 
 
@@ -42,24 +46,34 @@ class TwoDigitNet(nn.Module):
         self.left = nn.Linear(128, 10)
         self.right = nn.Linear(128, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.trunk(x)
-        return self.left(features), self.right(features)[:, 0]
+        return self.left(features), self.right(features)[:, 0], features
 
 
-def task_losses(net: TwoDigitNet, data: MultiSplit, index: torch.Tensor | slice) -> list:
-    """``[cross-entropy of the left digit, squared error of the right digit's value]``."""
-    left, right = net(data.x[index])
-    return [
+def task_losses(
+    net: TwoDigitNet, data: MultiSplit, index: torch.Tensor | slice
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``[cross-entropy of the left digit, squared error of the right digit's value]`` and
+    the trunk's output."""
+    left, right, features = net(data.x[index])
+    losses = [
         nn.functional.cross_entropy(left, data.y_left[index]),
         nn.functional.mse_loss(right, data.y_right[index].to(right.dtype)),
     ]
+    return losses, features
 
 
 METHODS: dict[str, Callable[[TwoDigitNet], Combiner]] = {
     "sum": lambda net: Linear([1.0, 1.0]),
     "GradNorm": lambda net: GradNorm(n_tasks=2, shared=net.trunk[2].weight, alpha=1.5),
+    "PCGrad": lambda net: PCGrad(generator=torch.Generator().manual_seed(0)),
+    "MGDA": lambda net: MGDA(),
+    "UPGrad": lambda net: UPGrad(),
+    "IMTL-G": lambda net: IMTLG(),
+    "UPGrad features=": lambda net: UPGrad(),
 }
+FEATURE_MODE = {"UPGrad features="}
 
 
 @dataclass
@@ -74,8 +88,8 @@ class History:
 
 def evaluate(net: TwoDigitNet, data: MultiSplit) -> tuple[tuple[float, float], tuple[float, float]]:
     with torch.no_grad():
-        left, right = net(data.x)
-        losses = tuple(float(loss) for loss in task_losses(net, data, slice(None)))
+        left, right, _ = net(data.x)
+        losses = tuple(float(loss) for loss in task_losses(net, data, slice(None))[0])
         accuracy = (
             float((left.argmax(1) == data.y_left).float().mean()),
             float((right.round() == data.y_right).float().mean()),
@@ -100,7 +114,11 @@ def train(
     for _ in range(epochs):
         for batch in torch.randperm(len(train_set.x), generator=order).split(128):
             optimizer.zero_grad()
-            combiner.backward(task_losses(net, train_set, batch), params=net.parameters())
+            losses, features = task_losses(net, train_set, batch)
+            if method in FEATURE_MODE:
+                combiner.backward(losses, params=net.parameters(), features=features)
+            else:
+                combiner.backward(losses, params=net.parameters())
             optimizer.step()
         history.append(evaluate(net, test_set)[0])
     seconds = time.perf_counter() - start
@@ -112,17 +130,23 @@ def plot(results: dict[str, History], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise ImportError("the figure needs matplotlib: pip install 'moopt[examples]'") from error
-    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
     for name, history in results.items():
         left, right = zip(*history.losses)
         axes.plot(left, right, marker="o", markersize=3, label=name)
-        axes.annotate("start", (left[0], right[0]), fontsize=8)
+    axes.annotate("start", history.losses[0], fontsize=8)
     axes.set_xlabel("test cross-entropy, left digit")
     axes.set_ylabel("test squared error, right digit's value")
     axes.set_xscale("log")
     axes.set_yscale("log")
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(NullFormatter())
     axes.set_title("MultiDigits: task losses during training")
-    axes.legend()
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
