@@ -51,6 +51,11 @@ Layers:
   :func:`reverse_hypergradients` (memory linear in T; for checks and short horizons).
 * :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`.
 * :mod:`~moopt.hypergrad.tune` — :func:`tune`, :class:`History` (checkpoint/resume, plot).
+* :mod:`~moopt.hypergrad.hd` — greedy online Hypergradient Descent (Baydin et al. 2018):
+  :class:`SGDHD`, :class:`AdamHD` (the one-step-greedy baseline).
+* :mod:`~moopt.hypergrad.noisy_quadratic` — Wu et al. (2018)'s noisy quadratic with exact
+  expected-loss dynamics: :class:`NoisyQuadratic`, :func:`greedy_step`,
+  :func:`greedy_schedule`.
 
 Loss weights of a combiner: build it inside the loss from the traced weights
 (``moopt.Linear(hypers["w"])(losses)``: combiners keep tensors that carry ``torch.func``
@@ -80,6 +85,8 @@ batched tangents down by an order of magnitude).
 
 from moopt.hypergrad.engine import HypergradResult, HyperSpace, UnrollError, forward_unroll
 from moopt.hypergrad.fds import fds_hypergradients
+from moopt.hypergrad.hd import SGDHD, AdamHD
+from moopt.hypergrad.noisy_quadratic import NoisyQuadratic, greedy_schedule, greedy_step
 from moopt.hypergrad.optim import SGD, Adam, AdamW, InnerOptimizer, adam, sgd
 from moopt.hypergrad.outer import AdamStep, OuterOptimizer, SignStep
 from moopt.hypergrad.plotting import plot_schedules
@@ -90,7 +97,9 @@ from moopt.hypergrad.tune import History, tune
 
 __all__ = [
     "SGD",
+    "SGDHD",
     "Adam",
+    "AdamHD",
     "AdamStep",
     "AdamW",
     "History",
@@ -98,6 +107,7 @@ __all__ = [
     "HypergradResult",
     "InnerOptimizer",
     "InnerProblem",
+    "NoisyQuadratic",
     "OuterOptimizer",
     "Schedule",
     "SignStep",
@@ -106,6 +116,8 @@ __all__ = [
     "check_forward_mode_compatible",
     "fds_hypergradients",
     "forward_unroll",
+    "greedy_schedule",
+    "greedy_step",
     "plot_schedules",
     "reverse_hypergradients",
     "reverse_unroll",

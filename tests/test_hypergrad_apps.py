@@ -1,0 +1,88 @@
+"""``moopt tune`` and the digits tuning setup (tiny settings)."""
+
+import math
+
+import pytest
+import torch
+
+from moopt.cli import main
+from moopt.hypergrad._digits import DigitsSetup, fds_search, hd_search, random_search
+
+
+def test_moopt_tune_smoke(tmp_path, capsys):
+    out = tmp_path / "schedules.png"
+    argv = ["tune", "--steps", "12", "--outer-steps", "2", "--windows", "3", "--hidden", "8"]
+    status = main([*argv, "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert out.exists() and out.stat().st_size > 0
+    assert "learning rate per window" in printed
+    accuracy = float(printed.split("test accuracy:")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_moopt_tune_resumes_from_checkpoint(tmp_path, capsys):
+    checkpoint = tmp_path / "fds.pt"
+    common = ["tune", "--steps", "10", "--windows", "2", "--hidden", "8", "--no-progress"]
+    common += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "a.png")]
+    assert main([*common, "--outer-steps", "1"]) == 0
+    assert main([*common, "--outer-steps", "2"]) == 0
+    resumed = capsys.readouterr().out.split("validation loss per outer step:")[-1]
+    assert len(resumed.splitlines()[0].split(",")) == 2
+
+
+def test_moopt_tune_bad_arguments(capsys):
+    assert main(["tune", "--steps", "5", "--windows", "10"]) == 2
+    assert "--windows" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tune", "--steps", "0"])
+
+
+def test_digits_tuners_on_a_tiny_setup():
+    setup = DigitsSetup.create(steps=15, hidden=8)
+    fds = fds_search(setup, runs=2, windows=3)
+    assert len(fds.hyperparameters["lr"]) == 3
+    assert fds.val_loss == min(fds.val_losses)
+    # the first FDS run trains nothing (every hyperparameter starts at zero)
+    model = setup.model()
+    assert fds.val_losses[0] == pytest.approx(setup.evaluate(model)[0], rel=1e-5)
+    hd = hd_search(setup, runs=2)
+    rs = random_search(setup, runs=2)
+    for outcome in (fds, hd, rs):
+        assert 0.0 <= outcome.test_accuracy <= 1.0 and math.isfinite(outcome.val_loss)
+    assert rs.val_loss == min(rs.val_losses)
+
+
+def test_setup_is_deterministic_and_validates():
+    a, b = DigitsSetup.create(steps=5, hidden=4), DigitsSetup.create(steps=5, hidden=4)
+    assert torch.equal(a.batch_indices, b.batch_indices)
+    for pa, pb in zip(a.model().parameters(), b.model().parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="steps"):
+        DigitsSetup.create(steps=0)
+
+
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_horizon_example_runs(tmp_path, capsys):
+    out = tmp_path / "shb.png"
+    argv = ["--steps", "20", "--windows", "2", "--outer-steps", "2", "--out", str(out)]
+    assert _example("short_horizon_bias").main(argv) == 0
+    assert out.exists() and "ratio greedy / FDS" in capsys.readouterr().out
+
+
+def test_loss_weights_example_runs(tmp_path, capsys):
+    out = tmp_path / "lw.png"
+    argv = ["--steps", "8", "--windows", "2", "--criterion", "mean", "--out", str(out)]
+    assert _example("fds_loss_weights").main(argv) == 0
+    printed = capsys.readouterr().out
+    assert out.exists() and "grid of 11 fixed α" in printed and "FDS" in printed
