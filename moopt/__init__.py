@@ -28,6 +28,10 @@ from moopt.gradsurgery import (
 from moopt.mdmm import MDMM, Constraint, MDMMOutput
 from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
+# isort: split
+# Per-task gradient engine and GradNorm (issue 3, engine)
+from moopt.gradnorm import GradNorm
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -62,4 +66,6 @@ __all__ = [
     "GeometricMean",
     "RLW",
     "ScaleInvariant",
+    # engine
+    "GradNorm",
 ]
