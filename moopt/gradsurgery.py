@@ -43,8 +43,8 @@ from collections.abc import Callable
 import torch
 
 from moopt import _solvers
-from moopt._base import GradientCombiner, GramianWeighting, ParamsLike
-from moopt._validation import LossesLike, as_weight_vector, check_choice, check_positive
+from moopt._base import GradientCombiner, GramianWeighting
+from moopt._validation import as_weight_vector, check_choice, check_positive
 
 __all__ = [
     "AlignedMTL",
@@ -218,8 +218,10 @@ class MGDA(_Gramian):
     multiply the raw gradients. A normaliser of zero (a zero gradient, for "l2"/"loss+")
     leaves that gradient as it is (zero), where the official code would divide by zero.
 
-    The "loss" variants need the loss values: :meth:`backward` records them for the call,
-    and :meth:`weights`/:meth:`aggregate` take them as ``losses=``; they must be positive.
+    The "loss" variants need the loss values: in :meth:`backward` they are the
+    combiner's ``loss_values`` (averaged across ranks under ``torch.distributed``), and
+    :meth:`weights`/:meth:`aggregate` take them as ``losses=``; they must be positive.
+    ``backward(losses, features=h)`` is MGDA-UB (Sener & Koltun, Sec. 3.3).
     Non-conflicting: ``g_k · d ≥ ‖d‖² ≥ 0`` for every k (normalisation "none"). Weights are
     differentiable in ``G`` for a fixed support of ``w`` (implicit derivative).
 
@@ -233,18 +235,6 @@ class MGDA(_Gramian):
         self.normalization = check_choice(
             normalization, "normalization", ("none", "l2", "loss", "loss+")
         )
-        self._recorded_losses: torch.Tensor | None = None
-
-    def backward(
-        self, losses: LossesLike, params: ParamsLike = None, retain_graph: bool = False
-    ) -> None:
-        """As :meth:`GradientCombiner.backward`, recording the loss values for the normalisers."""
-        vector = self.losses_vector(losses)
-        self._recorded_losses = vector.detach()
-        try:
-            super().backward(vector, params, retain_graph)
-        finally:
-            self._recorded_losses = None
 
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         """Min-norm weights; ``losses`` are required for the "loss" normalisations."""
@@ -264,7 +254,7 @@ class MGDA(_Gramian):
             return torch.ones_like(norms)
         if self.normalization == "l2":
             return norms
-        losses = self._recorded_losses if losses is None else losses
+        losses = self.loss_values if losses is None else losses
         if losses is None:
             raise ValueError(
                 f"MGDA(normalization={self.normalization!r}) needs the loss values: call "

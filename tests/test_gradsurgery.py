@@ -442,3 +442,31 @@ def test_gradvac_state_dict_loads_into_a_fresh_instance():
     fresh = gs.GradVac(generator=torch.Generator().manual_seed(1))
     fresh.load_state_dict(trained.state_dict())
     torch.testing.assert_close(fresh.target, trained.target)
+
+
+@pytest.mark.parametrize("normalization", ["none", "loss+"])
+def test_mgda_backward_in_features_mode_is_mgda_ub(normalization):
+    # MGDA-UB: min-norm weights of the feature gradients, one backward through the trunk.
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh()).double()
+    heads = [torch.nn.Linear(6, 1).double() for _ in range(3)]
+    x, ys = torch.randn(16, 5).double(), torch.randn(3, 16).double()
+
+    def losses_of(h):
+        return [((head(h).squeeze(-1) - y) ** 2).mean() for head, y in zip(heads, ys)]
+
+    features = trunk(x)
+    losses = losses_of(features)
+    gs.MGDA(normalization).backward(losses, params=list(trunk.parameters()), features=features)
+    got = [p.grad.clone() for p in trunk.parameters()]
+
+    h = trunk(x)
+    task_losses = losses_of(h)
+    rows = torch.stack(
+        [torch.autograd.grad(l, h, retain_graph=True)[0].flatten() for l in task_losses]
+    )
+    values = torch.stack(task_losses).detach()
+    weights = gs.MGDA(normalization).weights(rows @ rows.T, losses=values)
+    expected = torch.autograd.grad(h, list(trunk.parameters()), (weights @ rows).view_as(h))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
