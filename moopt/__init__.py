@@ -1,16 +1,22 @@
 """moopt: multi-objective and constrained optimisation for PyTorch.
 
+* Loss-level combiners (``Linear``, ``Chebyshev``, ``UncertaintyWeighting``, ``RLW``,
+  ``DWA``, ``FAMO``, ``GeometricMean``, ``ScaleInvariant``) and gradient-level combiners
+  (``PCGrad``, ``MGDA``, ``CAGrad``, ``NashMTL``, ``IMTLG``, ``GradVac``, ``AlignedMTL``,
+  ``UPGrad``, ``DualProj``, ``GradDrop``, ``ConFIG``, ``FairGrad``, ``GradNorm``): each a
+  ``torch.nn.Module`` whose ``backward(losses)`` replaces ``sum(losses).backward()``.
+* Constraints: ``Constraint`` and ``MDMM`` (Platt & Barr 1988).
+* ``moopt.problems`` (toy problems with analytic fronts), ``moopt.hypergrad`` (FDS
+  hypergradients) and ``moopt.frontier`` (Pareto fronts) are subpackages.
+
 ``import moopt`` needs only torch and numpy; every other dependency is imported lazily
 by the function that needs it.
 """
 
 from moopt import problems
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
-
-# Adaptive loss weighting (issue 3, loss-level methods).
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
-
-# Gradient-level combiners (gradient surgery: moopt/gradsurgery.py)
+from moopt.gradnorm import GradNorm
 from moopt.gradsurgery import (
     IMTLG,
     MGDA,
@@ -28,44 +34,42 @@ from moopt.gradsurgery import (
 from moopt.mdmm import MDMM, Constraint, MDMMOutput
 from moopt.scalarize import Chebyshev, Linear, UncertaintyWeighting
 
-# isort: split
-# Per-task gradient engine and GradNorm (issue 3, engine)
-from moopt.gradnorm import GradNorm
-
 __version__ = "0.1.0"
 
 __all__ = [
-    # gradient-level combiners (gradsurgery)
+    # the combiner contract
+    "Combiner",
+    "GradientCombiner",
+    "GramianWeighting",
+    "LossCombiner",
+    # loss-level combiners
+    "Chebyshev",
+    "DWA",
+    "FAMO",
+    "GeometricMean",
+    "Linear",
+    "RLW",
+    "ScaleInvariant",
+    "UncertaintyWeighting",
+    # gradient-level combiners
     "AlignedMTL",
     "CAGrad",
     "ConFIG",
     "DualProj",
     "FairGrad",
     "GradDrop",
+    "GradNorm",
     "GradVac",
     "IMTLG",
     "MGDA",
     "NashMTL",
     "PCGrad",
     "UPGrad",
-    "Chebyshev",
-    "Combiner",
+    # constraints
     "Constraint",
-    "GradientCombiner",
-    "GramianWeighting",
-    "Linear",
-    "LossCombiner",
     "MDMM",
     "MDMMOutput",
-    "UncertaintyWeighting",
+    # toy problems
     "problems",
     "__version__",
-    # Adaptive loss weighting (issue 3, loss-level methods).
-    "DWA",
-    "FAMO",
-    "GeometricMean",
-    "RLW",
-    "ScaleInvariant",
-    # engine
-    "GradNorm",
 ]
