@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="NSGA-II seed")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    budgets = [(10, 100), (20, 300), (50, 500)] if not args.quick else [(20, 300)]
+    budgets = [(10, 100), (20, 300), (50, 500), (40, 2000)] if not args.quick else [(20, 300)]
     generations = [10, 25, 50, 100] if not args.quick else [50, 100]
     chosen = problems()
     if args.quick:
