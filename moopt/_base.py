@@ -57,25 +57,7 @@ def leaf_tensors(roots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
     These are the tensors whose ``.grad`` a plain ``root.backward()`` would fill.
     """
-    seen_nodes: set[int] = set()
-    seen_leaves: set[int] = set()
-    leaves: list[torch.Tensor] = []
-    stack = [root.grad_fn for root in roots if root.grad_fn is not None]
-    for root in roots:
-        if root.grad_fn is None and root.requires_grad and id(root) not in seen_leaves:
-            seen_leaves.add(id(root))
-            leaves.append(root)
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        variable = getattr(node, "variable", None)
-        if variable is not None and id(variable) not in seen_leaves:
-            seen_leaves.add(id(variable))
-            leaves.append(variable)
-        stack.extend(child for child, _ in node.next_functions)
-    return leaves
+    return reachable_leaves(roots, ())
 
 
 def as_param_list(
