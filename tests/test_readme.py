@@ -27,3 +27,12 @@ def test_ci_runs_the_readme_test_command():
     for part in tests.split(" && "):
         install = part.replace("pip install", "python3 -m pip install -q")
         assert install in ci or part.replace("python -m", "python3 -m") in ci, part
+
+
+def test_quickstart_snippets_run():
+    text = (ROOT / "README.md").read_text()
+    quickstart = text.split("## Quickstart", 1)[1]
+    swap, constraint = re.findall(r"```python\n(.*?)```", quickstart, flags=re.S)[:2]
+    namespace: dict = {}
+    exec(swap + constraint, namespace)  # noqa: S102 - the README's own code
+    assert namespace["out"].lagrangian.requires_grad
