@@ -32,7 +32,8 @@ def test_ci_runs_the_readme_test_command():
 def test_quickstart_snippets_run():
     text = (ROOT / "README.md").read_text()
     quickstart = text.split("## Quickstart", 1)[1]
-    swap, constraint = re.findall(r"```python\n(.*?)```", quickstart, flags=re.S)[:2]
+    swap, constraint, gradient = re.findall(r"```python\n(.*?)```", quickstart, flags=re.S)[:3]
     namespace: dict = {}
-    exec(swap + constraint, namespace)  # noqa: S102 - the README's own code
+    exec(swap + constraint + gradient, namespace)  # noqa: S102 - the README's own code
     assert namespace["out"].lagrangian.requires_grad
+    assert all(p.grad is not None for p in namespace["trunk"].parameters())
