@@ -18,13 +18,13 @@ set is built on first use in each process and cached.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from moopt._validation import check_choice, check_positive
+from moopt.frontier.training import cosine_decay
 
 __all__ = ["BottleneckNet", "DigitsVAE", "MultiDigitsTraining", "VAETraining"]
 
@@ -191,12 +191,7 @@ class MultiDigitsTraining:
         model = self.build_model()
         run.warm_start(model)
         optimizer = _optimizer(run, model, self.lr, self.multiplier_lr)
-        floor = self.final_lr_fraction
-
-        def factor(step: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = cosine_decay(optimizer, self.steps, self.final_lr_fraction)
         batches = torch.Generator().manual_seed(int(run.seed))
         for _ in range(self.steps):
             index = torch.randint(len(train.x), (self.batch_size,), generator=batches)
@@ -328,12 +323,7 @@ class VAETraining:
         model = DigitsVAE(hidden=self.hidden, latent=self.latent)
         run.warm_start(model)
         optimizer = _optimizer(run, model, self.lr, self.multiplier_lr)
-        floor = self.final_lr_fraction
-
-        def factor(step: int) -> float:
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = cosine_decay(optimizer, self.steps, self.final_lr_fraction)
         for _ in range(self.steps):
             optimizer.zero_grad()
             run.loss(model.losses(train.x)).backward()

@@ -17,6 +17,19 @@ from moopt.frontier.run import Run
 OPTIMIZERS = ("adam", "sgd")
 
 
+def cosine_decay(
+    optimizer: torch.optim.Optimizer, steps: int, final_lr_fraction: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler that decays every group's learning rate from its initial value to
+    ``final_lr_fraction`` of it along a half cosine over ``steps`` steps."""
+    floor = final_lr_fraction
+
+    def factor(step: int) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def cosine_schedule(
     trainable: list[torch.Tensor],
     objective: Callable[[int], torch.Tensor],
@@ -28,12 +41,7 @@ def cosine_schedule(
     """``steps`` steps of Adam (or SGD) on ``objective(step)``, the learning rate decaying
     from ``lr`` to ``lr * final_lr_fraction`` along a half cosine."""
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(trainable, lr=lr)
-    floor = final_lr_fraction
-
-    def factor(step: int) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    schedule = cosine_decay(opt, steps, final_lr_fraction)
     for step in range(steps):
         opt.zero_grad()
         objective(step).backward()
