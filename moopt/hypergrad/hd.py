@@ -62,8 +62,27 @@ class _HypergradientOptimizer(Optimizer):
         if dot is not None:
             group["lr"] = max(group["lr"] + group["hyper_lr"] * float(dot), group["min_lr"])
 
-    def _record(self) -> None:
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Adapt α from the hypergradient, then take one step of the base method with it."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [
+                p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad
+                for p in params
+            ]
+            self._adapt_lr(group, grads, params)
+            self._update(group, params, grads)
         self.lr_history.append([float(group["lr"]) for group in self.param_groups])
+        return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """One step of the base method on ``params``; stores ``previous_direction``."""
+        raise NotImplementedError
 
 
 class SGDHD(_HypergradientOptimizer):
@@ -117,36 +136,21 @@ class SGDHD(_HypergradientOptimizer):
         super().__init__(params, defaults)
         self.lr_history = []
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Adapt α from the hypergradient, then take one SGD step with it."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [
-                p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad
-                for p in params
-            ]
-            self._adapt_lr(group, grads, params)
-            momentum, lr = group["momentum"], group["lr"]
-            for p, grad in zip(params, grads):
-                state = self.state[p]
-                direction = grad
-                if momentum != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = grad.clone()
-                    else:
-                        buf = buf * momentum + (1 - group["dampening"]) * grad
-                    state["momentum_buffer"] = buf
-                    direction = grad + momentum * buf if group["nesterov"] else buf
-                state["previous_direction"] = direction.clone()
-                p.add_(direction, alpha=-lr)
-        self._record()
-        return loss
+    def _update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        momentum, lr = group["momentum"], group["lr"]
+        for p, grad in zip(params, grads):
+            state = self.state[p]
+            direction = grad
+            if momentum != 0:
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = grad.clone()
+                else:
+                    buf = buf * momentum + (1 - group["dampening"]) * grad
+                state["momentum_buffer"] = buf
+                direction = grad + momentum * buf if group["nesterov"] else buf
+            state["previous_direction"] = direction.clone()
+            p.add_(direction, alpha=-lr)
 
 
 class AdamHD(_HypergradientOptimizer):
@@ -199,34 +203,19 @@ class AdamHD(_HypergradientOptimizer):
         super().__init__(params, defaults)
         self.lr_history = []
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """Adapt α from the hypergradient, then take one Adam step with it."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [
-                p.grad + group["weight_decay"] * p if group["weight_decay"] else p.grad
-                for p in params
-            ]
-            self._adapt_lr(group, grads, params)
-            beta1, beta2 = group["betas"]
-            for p, grad in zip(params, grads):
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                state["exp_avg"].lerp_(grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5 + group["eps"]
-                direction = state["exp_avg"] / (1 - beta1**t) / denom
-                state["previous_direction"] = direction
-                p.add_(direction, alpha=-group["lr"])
-        self._record()
-        return loss
+    def _update(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        for p, grad in zip(params, grads):
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+            t = state["step"]
+            state["exp_avg"].lerp_(grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = state["exp_avg_sq"].sqrt() / (1 - beta2**t) ** 0.5 + group["eps"]
+            direction = state["exp_avg"] / (1 - beta1**t) / denom
+            state["previous_direction"] = direction
+            p.add_(direction, alpha=-group["lr"])
