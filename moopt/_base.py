@@ -60,6 +60,17 @@ def leaf_tensors(roots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return reachable_leaves(roots, ())
 
 
+def _check_grad_tensors(items: Sequence[object], name: str, hint: str) -> None:
+    """Raise unless every item is a tensor that requires grad; messages name ``name[i]``."""
+    for i, item in enumerate(items):
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor; got {type(item).__name__}")
+        if not item.requires_grad:
+            raise ValueError(
+                f"{name}[{i}] (shape {tuple(item.shape)}) does not require grad: {hint}"
+            )
+
+
 def as_param_list(
     params: ParamsLike, losses: torch.Tensor, name: str = "params"
 ) -> list[torch.Tensor]:
@@ -76,14 +87,7 @@ def as_param_list(
             if params is None
             else f"{name} is empty: pass the parameters to update"
         )
-    for i, param in enumerate(resolved):
-        if not isinstance(param, torch.Tensor):
-            raise TypeError(f"{name}[{i}] must be a torch.Tensor; got {type(param).__name__}")
-        if not param.requires_grad:
-            raise ValueError(
-                f"{name}[{i}] (shape {tuple(param.shape)}) does not require grad; "
-                "pass only trainable parameters"
-            )
+    _check_grad_tensors(resolved, name, "pass only trainable parameters")
     if not losses.requires_grad:
         raise ValueError("losses do not require grad: they carry no graph to differentiate")
     return resolved
@@ -177,14 +181,9 @@ def as_feature_list(features: FeaturesLike) -> list[torch.Tensor]:
             "features must be a tensor or a non-empty sequence of tensors (the shared "
             f"representation); got {type(features).__name__}"
         )
-    for i, item in enumerate(items):
-        if not isinstance(item, torch.Tensor):
-            raise TypeError(f"features[{i}] must be a torch.Tensor; got {type(item).__name__}")
-        if not item.requires_grad:
-            raise ValueError(
-                f"features[{i}] (shape {tuple(item.shape)}) does not require grad: pass the "
-                "output of the shared trunk before it is detached"
-            )
+    _check_grad_tensors(
+        items, "features", "pass the output of the shared trunk before it is detached"
+    )
     return list(items)
 
 
