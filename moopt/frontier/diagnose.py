@@ -159,8 +159,6 @@ class Diagnosis:
         nondominated: ``(N,)`` mask of non-dominated points.
         depth: ``(N,)`` support depth of each non-dominated point (0 elsewhere).
         unsupported: ``(N,)`` mask of non-dominated points with ``depth > support_tol``.
-        concave: ``(N,)`` mask of the unsupported points found by non-linear methods (the
-            evidence of concavity).
         stretches: concave stretches (:class:`Stretch`), ordered along L1.
         failed: linear runs that failed their own objective (:class:`FailedRun`).
         gaps: jumps between neighbouring linear weights (:class:`Gap`).
@@ -176,7 +174,6 @@ class Diagnosis:
         nondominated: np.ndarray,
         depth: np.ndarray,
         unsupported: np.ndarray,
-        concave: np.ndarray,
         stretches: list[Stretch],
         failed: list[FailedRun],
         gaps: list[Gap],
@@ -188,13 +185,18 @@ class Diagnosis:
         self.nondominated = nondominated
         self.depth = depth
         self.unsupported = unsupported
-        self.concave = concave
         self.stretches = stretches
         self.failed = failed
         self.gaps = gaps
         self.linear_at_ends = linear_at_ends
         self.support_tol = support_tol
         self.scatter = scatter
+
+    @property
+    def concave(self) -> np.ndarray:
+        """``(N,)`` mask of the unsupported points found by non-linear methods: the
+        evidence of concavity."""
+        return self.unsupported & (self.front.methods != "linear")
 
     @property
     def is_concave(self) -> bool:
@@ -393,7 +395,6 @@ def diagnose(
         nondominated,
         depth,
         unsupported,
-        concave,
         stretches,
         failed,
         gaps,
