@@ -130,7 +130,12 @@ def _batched_gradients(
 def _loop_matrix(
     losses: LossRows, inputs: Sequence[torch.Tensor], retain_graph: bool
 ) -> tuple[torch.Tensor, list[bool]]:
-    """K backward passes written into the rows of one K×D matrix (one copy)."""
+    """K backward passes written into the rows of one K×D matrix (one copy).
+
+    The rows are cut once into views shaped like the inputs, so that each pass writes
+    its gradients with a single ``torch._foreach_copy_`` (one dispatch instead of a
+    slice, a reshape and a copy per input and task).
+    """
     roots = _roots(losses)
     n_tasks = len(roots)
     sizes = [x.numel() for x in inputs]
@@ -138,19 +143,26 @@ def _loop_matrix(
     for x in inputs[1:]:
         dtype = torch.promote_types(dtype, x.dtype)
     jacobian = torch.empty(n_tasks, sum(sizes), dtype=dtype, device=inputs[0].device)
+    views = [
+        block.unflatten(1, x.shape).unbind(0) if x.dim() else block.squeeze(1).unbind(0)
+        for block, x in zip(jacobian.split(sizes, 1), inputs)
+    ]
     used = [False] * len(inputs)
     for k in range(n_tasks):
         keep = retain_graph or k < n_tasks - 1
         grads = torch.autograd.grad(roots[k], inputs, retain_graph=keep, allow_unused=True)
-        offset = 0
-        for i, (grad, size) in enumerate(zip(grads, sizes)):
-            row = jacobian[k, offset : offset + size]
+        targets, sources, missing = [], [], []
+        for i, grad in enumerate(grads):
             if grad is None:
-                row.zero_()
+                missing.append(views[i][k])
             else:
-                row.copy_(grad.reshape(-1))
+                targets.append(views[i][k])
+                sources.append(grad)
                 used[i] = True
-            offset += size
+        if targets:
+            torch._foreach_copy_(targets, sources)
+        if missing:
+            torch._foreach_zero_(missing)
     return jacobian, used
 
 
