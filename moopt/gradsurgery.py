@@ -184,18 +184,15 @@ class PCGrad(_Gramian):
         rows = torch.arange(n, device=gramian.device)
         coefficients = torch.eye(n, dtype=gramian.dtype, device=gramian.device)
         squared_norms = gramian.diagonal()
-        # Gathered once: row ``orders[i, p]`` of G, its squared norm, and "is another task".
-        visited_rows = gramian[orders]
+        # Gathered once, one entry per round: the squared norm of g_j for j = orders[i, p],
+        # infinite where task i would visit itself, so that its shift is zero.
         denominators = torch.where(squared_norms > 0, squared_norms, 1.0)[orders]
-        is_other = orders != rows[:, None]
-        for position in range(n):
-            inner = (coefficients * visited_rows[:, position]).sum(dim=1)
-            shift = torch.where(
-                (inner < 0) & is_other[:, position], -inner / denominators[:, position], 0.0
-            )
-            coefficients = coefficients.index_put(
-                (rows, orders[:, position]), shift, accumulate=True
-            )
+        denominators = torch.where(orders != rows[:, None], denominators, torch.inf).unbind(1)
+        for others, denominator in zip(orders.unbind(1), denominators):
+            inner = torch.linalg.vecdot(coefficients, gramian.index_select(0, others))
+            # -inner / ‖g_j‖² where the projected gradient conflicts with g_j, else 0.
+            shift = -(inner.clamp(max=0.0) / denominator)
+            coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
         weights = coefficients.sum(dim=0)
         return weights / n if self.reduction == "mean" else weights
 
@@ -550,22 +547,35 @@ class GradVac(_Gramian):
         orders = orders.to(gramian.device).reshape(n, n - 1)
         coefficients = torch.eye(n, dtype=gramian.dtype, device=gramian.device)
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
-        new_target = target.detach().clone()
-        for position in range(n - 1):
-            others = orders[:, position]
+        # Gathered once, one column per round: ‖g_j‖, φ̂_ij and the terms made of them,
+        # for j = orders[i, p].
+        norms_of_other = norms[orders]
+        goals = target.gather(1, orders)
+        root_goals = (1.0 - goals * goals).clamp(min=0.0).sqrt()
+        denominators = norms_of_other * root_goals + self.eps
+        kept_goals = (1.0 - self.beta) * goals
+        rounds = zip(
+            orders.unbind(1),
+            norms_of_other.unbind(1),
+            goals.unbind(1),
+            root_goals.unbind(1),
+            denominators.unbind(1),
+            kept_goals.unbind(1),
+        )
+        cosines = []
+        for others, norm_j, goal, root_goal, denominator, kept_goal in rounds:
             projected = coefficients @ gramian
             inner = projected[rows, others]
-            norm_i = (projected * coefficients).sum(dim=1).clamp(min=0.0).sqrt()
-            cosine = inner / (norm_i * norms[others] + self.eps)
-            goal = target[rows, others]
+            norm_i = torch.linalg.vecdot(projected, coefficients).clamp(min=0.0).sqrt()
+            cosine = inner / (norm_i * norm_j + self.eps)
             root_cos = (1.0 - cosine * cosine).clamp(min=0.0).sqrt()
-            root_goal = (1.0 - goal * goal).clamp(min=0.0).sqrt()
-            shift = norm_i * (goal * root_cos - cosine * root_goal)
-            shift = shift / (norms[others] * root_goal + self.eps)
+            shift = norm_i * (goal * root_cos - cosine * root_goal) / denominator
             shift = torch.where(cosine < goal, shift, 0.0)
             coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
-            updated = (1.0 - self.beta) * goal + self.beta * cosine
-            new_target[rows, others] = updated.detach()
+            cosines.append(kept_goal + self.beta * cosine)
+        new_target = target.detach().clone()
+        if cosines:
+            new_target.scatter_(1, orders, torch.stack(cosines, dim=1).detach())
         self.target = new_target
         return coefficients.sum(dim=0)
 
