@@ -98,7 +98,6 @@ def dual_cone_weights(
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         u = lower.detach()
-        step = 1.0 / float(lipschitz_bound(g_hat))
         v = u.clone()
         momentum_point = v
         t = 1.0
@@ -110,9 +109,12 @@ def dual_cone_weights(
             guessed, guessed_residual = _polish_on_free_sets(g_hat, u, guess, residual, tol)
             if float(guessed_residual.max()) <= tol:
                 v, residual, polish = guessed, guessed_residual, False
+        step = None
         for _ in range(fista_iter):
             if float(residual.max()) <= tol:
                 break
+            if step is None:  # computed only when FISTA runs
+                step = 1.0 / float(lipschitz_bound(g_hat))
             v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
             restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
             t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
@@ -264,7 +266,7 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
         return _min_norm_of_two(gramian / scale)
     with torch.no_grad():
         g_hat = gramian.detach() / scale
-        step = 1.0 / float(lipschitz_bound(g_hat))
+        step = None
         w = uniform.clone()
         momentum_point = w
         t = 1.0
@@ -275,6 +277,8 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
                 if _min_norm_kkt(g_hat, candidate) <= tol:
                     solution = candidate
                     break
+            if step is None:  # computed only when the exact solve on all tasks failed
+                step = 1.0 / float(lipschitz_bound(g_hat))
             w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
             if _min_norm_kkt(g_hat, w_next) <= tol:
                 solution, support = w_next, w_next > 0
@@ -381,8 +385,8 @@ def cagrad_dual(
         support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
         step = 1.0
 
-        candidate = _cagrad_on_support(g_hat, b, r_hat, support)
-        accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+        candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
+        accepted = violation <= tol
         if not accepted and r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
             closest = min_norm_simplex(g_hat, tol)
             if float(closest @ g_hat @ closest) <= tol:
@@ -411,13 +415,13 @@ def cagrad_dual(
             support = w > 0
             iteration += 1
             if iteration % 10 == 0:
-                candidate = _cagrad_on_support(g_hat, b, r_hat, support)
-                accepted = candidate is not None and _cagrad_kkt(g_hat, b, r_hat, *candidate) <= tol
+                candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
+                accepted = violation <= tol
     w_star, lam_star, _ = candidate
     solution = anchor.detach() + lam_star * w_star
     if not (gramian.requires_grad or radius.requires_grad):
         return solution
-    step_weights = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
+    step_weights, _ = _cagrad_on_support(gramian / scale, anchor, radius / scale.sqrt(), support)
     if step_weights is None:
         return solution
     return with_implicit_derivative(solution, anchor + step_weights[1] * step_weights[0])
@@ -426,7 +430,8 @@ def cagrad_dual(
 def _cagrad_on_support(
     gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor | float, support: torch.Tensor
 ):
-    """KKT point ``(w, λ, τ)`` of CAGrad's dual with ``w`` supported on ``support``, or None.
+    """KKT point ``(w, λ, τ)`` of CAGrad's dual with ``w`` supported on ``support`` and its
+    KKT violation (:func:`_cagrad_kkt`), or ``(None, inf)``.
 
     With ``μ = 1/λ`` and ``σ = μ τ``, the stationarity and simplex conditions
     ``G_FF w_F − σ 1 = −μ (G b)_F``, ``1ᵀ w_F = 1`` are linear: the bordered system gives
@@ -468,7 +473,7 @@ def _cagrad_on_support(
         violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
         if violation < best_violation:
             best, best_violation = candidate, violation
-    return best
+    return best, best_violation
 
 
 def _detached(values: tuple) -> tuple:
@@ -523,37 +528,41 @@ def power_root(
     with torch.no_grad():
         g = gramian.detach()
         w = diagonal.pow(-alpha / (alpha + 1.0))
+        converged = False
+        current = None  # the merit at w, when the line search that reached w computed it
         for _ in range(max_iter):
-            res = residual(g, w)
-            if float((res.abs() / w.pow(exponent)).max()) <= tol:
+            power = w.pow(exponent)
+            res = g @ w - power
+            if float((res.abs() / power).max()) <= tol:
+                converged = True
                 break
             hessian = g + torch.diag(-exponent * w.pow(exponent - 1.0))
             step_solution, info = torch.linalg.solve_ex(hessian, res)
             if int(info) != 0:
-                w = torch.full_like(w, float("nan"))
                 break
             direction = -step_solution
             ratio = torch.where(direction < 0, -w / direction, torch.full_like(w, float("inf")))
             step = min(1.0, 0.99 * float(ratio.min()))
-            current = merit(g, w)
+            if current is None:
+                current = merit(g, w)
             slope = float(res @ direction)
             size = float(res.norm())
+            trial = w + step * direction
+            trial_merit = merit(g, trial)
             while (
-                merit(g, w + step * direction) > current + 1e-4 * step * slope
-                and float(residual(g, w + step * direction).norm()) >= size
+                trial_merit > current + 1e-4 * step * slope
+                and float(residual(g, trial).norm()) >= size
             ):
                 step /= 2.0
+                trial = w + step * direction
                 if step < 1e-30:
+                    trial_merit = None
                     break
-            w = w + step * direction
+                trial_merit = merit(g, trial)
+            w, current = trial, trial_merit
             if not bool(torch.isfinite(w).all()):
                 break
-        else:
-            w = torch.full_like(w, float("nan"))
-        if (
-            not bool(torch.isfinite(w).all())
-            or float((residual(g, w).abs() / w.pow(exponent)).max()) > tol
-        ):
+        if not converged:
             raise RuntimeError(
                 "G w = w^(-1/alpha) has no positive solution to tolerance "
                 f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"

@@ -236,6 +236,8 @@ class MGDA(_Gramian):
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         """Min-norm weights; ``losses`` are required for the "loss" normalisations."""
         gramian = check_gramian(gramian, self.n_tasks)
+        if self.normalization == "none":
+            return _solvers.min_norm_simplex(gramian)
         normalizers = self._normalizers(gramian, losses)
         inverse = torch.where(normalizers > 0, 1.0 / normalizers.clamp(min=1e-300), 1.0)
         return _solvers.min_norm_simplex(gramian * inverse[:, None] * inverse[None, :])
