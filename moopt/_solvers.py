@@ -270,7 +270,7 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
         w = uniform.clone()
         momentum_point = w
         t = 1.0
-        support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
+        support = None  # every task, until the iterations find a smaller support
         for iteration in range(max_iter):
             if iteration % 25 == 0:
                 candidate = _min_norm_on_support(g_hat, support, clamp=True)
@@ -318,24 +318,34 @@ def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torc
 
 
 def _min_norm_on_support(
-    gramian: torch.Tensor, support: torch.Tensor, clamp: bool = False
+    gramian: torch.Tensor, support: torch.Tensor | None, clamp: bool = False
 ) -> torch.Tensor:
-    """Min-norm weights restricted to ``support`` (bordered KKT system, least squares)."""
-    size = int(support.sum())
-    block = gramian[support][:, support]
-    ones = torch.ones(size, 1, dtype=gramian.dtype, device=gramian.device)
-    bordered = torch.cat(
-        [torch.cat([block, ones], dim=1), torch.cat([ones.T, ones.new_zeros(1, 1)], dim=1)]
-    )
+    """Min-norm weights restricted to ``support`` (bordered KKT system, least squares);
+    ``support=None`` means every task."""
+    size = gramian.shape[0] if support is None else int(support.sum())
+    block = gramian if support is None else gramian[support][:, support]
+    bordered = bordered_matrix(block, 1.0)
     rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
     rhs[-1] = 1.0
     solution = solve_symmetric(bordered, rhs)
-    weights = torch.zeros(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
-    weights = weights.masked_scatter(support, solution[:size])
+    if support is None:
+        weights = solution[:size]
+    else:
+        weights = torch.zeros(gramian.shape[0], dtype=gramian.dtype, device=gramian.device)
+        weights = weights.masked_scatter(support, solution[:size])
     if clamp:
         weights = weights.clamp(min=0.0)
         weights = weights / weights.sum()
     return weights
+
+
+def bordered_matrix(block: torch.Tensor, border: float) -> torch.Tensor:
+    """``[[block, border·1], [1ᵀ, 0]]``: the KKT matrix of a quadratic on the simplex."""
+    bordered = torch.nn.functional.pad(block, (0, 1, 0, 1), value=1.0)
+    if border != 1.0:
+        bordered[:-1, -1] = border
+    bordered[-1, -1] = 0.0
+    return bordered
 
 
 def _min_norm_kkt(g_hat: torch.Tensor, w: torch.Tensor) -> float:
@@ -382,7 +392,7 @@ def cagrad_dual(
         b = anchor.detach()
         linear = g_hat @ b
         w = torch.full_like(b, 1.0 / n_tasks)
-        support = torch.ones(n_tasks, dtype=torch.bool, device=gramian.device)
+        support = None  # every task, until the iterations find a smaller support
         step = 1.0
 
         candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
@@ -428,7 +438,7 @@ def cagrad_dual(
 
 
 def _cagrad_on_support(
-    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor | float, support: torch.Tensor
+    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor | float, support: torch.Tensor | None
 ):
     """KKT point ``(w, λ, τ)`` of CAGrad's dual with ``w`` supported on ``support`` and its
     KKT violation (:func:`_cagrad_kkt`), or ``(None, inf)``.
@@ -438,17 +448,16 @@ def _cagrad_on_support(
     ``(w_F, σ) = (y0, σ0) + μ (y1, σ1)``. Then ``‖Jᵀw‖ = r μ`` is the quadratic
     ``(y1ᵀGy1 − r²) μ² + 2 y0ᵀGy1 μ + y0ᵀGy0 = 0``; of its positive roots, the one with
     the smallest KKT violation is returned. Least squares (min-norm) solves keep this
-    defined when the support's gradients are affinely dependent.
+    defined when the support's gradients are affinely dependent. ``support=None`` means
+    every task.
     """
-    size = int(support.sum())
-    block = gramian[support][:, support]
-    ones = torch.ones(size, 1, dtype=gramian.dtype, device=gramian.device)
-    bordered = torch.cat(
-        [torch.cat([block, -ones], dim=1), torch.cat([ones.T, ones.new_zeros(1, 1)], dim=1)]
-    )
+    size = gramian.shape[0] if support is None else int(support.sum())
+    block = gramian if support is None else gramian[support][:, support]
+    bordered = bordered_matrix(block, -1.0)
     rhs = torch.zeros(size + 1, 2, dtype=gramian.dtype, device=gramian.device)
     rhs[-1, 0] = 1.0
-    rhs[:size, 1] = -(gramian @ b)[support]
+    linear = gramian @ b
+    rhs[:size, 1] = -(linear if support is None else linear[support])
     solution = solve_symmetric(bordered, rhs)
     y0, y1 = solution[:size, 0], solution[:size, 1]
     sigma0, sigma1 = solution[size, 0], solution[size, 1]
@@ -467,7 +476,9 @@ def _cagrad_on_support(
     for mu in roots:
         if not float(mu.detach()) > 0:
             continue
-        w = torch.zeros_like(b).masked_scatter(support, y0 + mu * y1)
+        w = y0 + mu * y1
+        if support is not None:
+            w = torch.zeros_like(b).masked_scatter(support, w)
         candidate = (w, 1.0 / mu, (sigma0 + mu * sigma1) / mu)
         radius = float(r.detach()) if isinstance(r, torch.Tensor) else float(r)
         violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
