@@ -184,14 +184,14 @@ class PCGrad(_Gramian):
         rows = torch.arange(n, device=gramian.device)
         coefficients = torch.eye(n, dtype=gramian.dtype, device=gramian.device)
         squared_norms = gramian.diagonal()
-        # Gathered once, one entry per round: the squared norm of g_j for j = orders[i, p],
-        # infinite where task i would visit itself, so that its shift is zero.
-        denominators = torch.where(squared_norms > 0, squared_norms, 1.0)[orders]
-        denominators = torch.where(orders != rows[:, None], denominators, torch.inf).unbind(1)
+        # Gathered once, one entry per round: −‖g_j‖² for j = orders[i, p], infinite where
+        # task i would visit itself, so that its shift is zero.
+        denominators = -torch.where(squared_norms > 0, squared_norms, 1.0)[orders]
+        denominators = torch.where(orders != rows[:, None], denominators, -torch.inf).unbind(1)
         for others, denominator in zip(orders.unbind(1), denominators):
             inner = torch.linalg.vecdot(coefficients, gramian.index_select(0, others))
-            # -inner / ‖g_j‖² where the projected gradient conflicts with g_j, else 0.
-            shift = -(inner.clamp(max=0.0) / denominator)
+            # −inner / ‖g_j‖² where the projected gradient conflicts with g_j, else 0.
+            shift = inner.clamp(max=0.0) / denominator
             coefficients = coefficients.index_put((rows, others), shift, accumulate=True)
         weights = coefficients.sum(dim=0)
         return weights / n if self.reduction == "mean" else weights
