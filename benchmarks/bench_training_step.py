@@ -25,8 +25,9 @@ by 25 Frank-Wolfe steps), which isolate the engine; the rows "moopt.MGDA",
 is the library's MGDA-UB.
 Time is the CPU time of this process (``time.process_time``) with one torch thread,
 which on an idle machine equals the wall-clock time of the step and on a shared one is
-not inflated by the time other processes hold the core. Each method runs its rounds
-back to back after a warm-up; the median and the minimum over rounds are reported.
+not inflated by the time other processes hold the core. After a warm-up the methods
+take turns, round after round (each runs an untimed step, then the timed one), so that
+they share the same load; the median and the minimum over rounds are reported.
 
 Run from the repository root::
 
@@ -188,20 +189,24 @@ def time_methods(
 ) -> dict[str, tuple[float, float]]:
     """Median and minimum CPU milliseconds per step of each method.
 
-    Each method runs its warm-up and its rounds back to back, so that the memory
-    allocator settles into that method's pattern, as it does in a training loop.
+    The methods take turns: every round runs each method twice in a row and times the
+    second step (the first lets the memory allocator settle back into that method's
+    pattern, as it is in a training loop), so all methods see the same load from other
+    processes over the run.
     """
-    results = {}
-    for name, step in methods.items():
+    for step in methods.values():
         for _ in range(3):  # warm-up (allocator, vmap tracing)
             step()
-        times = []
-        for _ in range(rounds):
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, step in methods.items():
+            step()
             start = time.process_time()
             step()
-            times.append(time.process_time() - start)
-        results[name] = (statistics.median(times) * 1e3, min(times) * 1e3)
-    return results
+            times[name].append(time.process_time() - start)
+    return {
+        name: (statistics.median(record) * 1e3, min(record) * 1e3) for name, record in times.items()
+    }
 
 
 def print_table(results: dict[int, dict[str, tuple[float, float]]], which: int) -> None:

@@ -415,9 +415,10 @@ class GradientCombiner(Combiner):
 class GramianWeighting(GradientCombiner):
     """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
 
-    In :meth:`backward` the K×K Gramian is accumulated over column chunks of ``J`` and the
-    update is ``w @ J``, one pass over the K·D per-task gradients that the engine has
-    already produced. The alternative, a second backward of ``Σ_k w_k L_k`` once ``w`` is
+    In :meth:`backward` the K×K Gramian is computed by :func:`moopt._jacobian.gramian`
+    (one product, or a sum over column chunks where that measured faster) and the update
+    is ``w @ J``, one pass over the K·D per-task gradients that the engine has already
+    produced. The alternative, a second backward of ``Σ_k w_k L_k`` once ``w`` is
     known, was measured slower (benchmarks/bench_training_step.py: a whole extra backward
     against K·D multiply-adds), so it is not used. The trade-off is memory: ``J`` (K·D
     numbers, K times a normal ``.grad``) stays alive until the update is formed, whereas

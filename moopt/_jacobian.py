@@ -247,15 +247,24 @@ def flat_blocks(
     ]
 
 
-def gramian(jacobian: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
-    """``J Jᵀ`` accumulated over column chunks of ``J``.
+CHUNKED_TASKS = range(7, 12)
+"""The K for which :func:`gramian` sums over column chunks on CPU (measured faster there)."""
 
-    For K×D with small K and large D this runs about twice as fast on CPU as one
-    ``J @ J.T`` (a skinny product that the BLAS handles poorly), with the same result up
-    to summation order.
+
+def gramian(jacobian: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+    """``J Jᵀ``: one product, or on CPU for K in :data:`CHUNKED_TASKS` a sum over column
+    chunks of ``J``.
+
+    Measured on CPU (one thread, MKL, K×661,000 float32): the chunked sum takes
+    0.6–0.9× the time of one product for K = 7 to 10 (a skinny product that the BLAS
+    handles poorly), but 1.2–1.4× for K ≤ 4 and about the same for K ≥ 12; the results
+    agree up to summation order. On accelerators one product avoids a launch per chunk.
     """
+    n_tasks, width = jacobian.shape
+    if jacobian.device.type != "cpu" or n_tasks not in CHUNKED_TASKS or width <= chunk:
+        return jacobian @ jacobian.T
     result = jacobian[:, :chunk] @ jacobian[:, :chunk].T
-    for start in range(chunk, jacobian.shape[1], chunk):
+    for start in range(chunk, width, chunk):
         block = jacobian[:, start : start + chunk]
         result.addmm_(block, block.T)
     return result
