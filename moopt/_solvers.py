@@ -552,7 +552,7 @@ def power_root(
             if int(info) != 0:
                 break
             direction = -step_solution
-            ratio = torch.where(direction < 0, -w / direction, torch.full_like(w, float("inf")))
+            ratio = torch.where(direction < 0, -w / direction, torch.inf)
             step = min(1.0, 0.99 * float(ratio.min()))
             if current is None:
                 current = merit(g, w)

@@ -544,9 +544,9 @@ class GradVac(_Gramian):
             )
         target = self.target.to(dtype=gramian.dtype, device=gramian.device)
         rows = torch.arange(n, device=gramian.device)
-        shuffled = [torch.randperm(n - 1, generator=self.generator) for _ in range(n)]
-        orders = torch.stack([order + (order >= i) for i, order in enumerate(shuffled)])
-        orders = orders.to(gramian.device).reshape(n, n - 1)
+        shuffled = torch.stack([torch.randperm(n - 1, generator=self.generator) for _ in range(n)])
+        # Task i visits the others: a permutation of 0..n-2 with the entries ≥ i shifted up.
+        orders = (shuffled + (shuffled >= torch.arange(n)[:, None])).to(gramian.device)
         coefficients = torch.eye(n, dtype=gramian.dtype, device=gramian.device)
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         # Gathered once, one column per round: ‖g_j‖, φ̂_ij and the terms made of them,
