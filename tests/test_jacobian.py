@@ -409,3 +409,47 @@ def test_engine_matches_separate_backward_passes_on_random_models(
         got_trunk = [p.grad for p in trunk]
         for g, e in zip(got_trunk, expected_trunk):
             torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_tasks", [2, 8, 13])
+def test_gramian_matches_one_product_in_every_regime(n_tasks):
+    """Chunked (K = 7..11 on CPU) or not, gramian() is J Jᵀ up to summation order."""
+    from moopt._jacobian import gramian
+
+    jacobian = torch.randn(n_tasks, 103, generator=torch.Generator().manual_seed(n_tasks))
+    expected = jacobian.double() @ jacobian.double().T
+    torch.testing.assert_close(gramian(jacobian, chunk=16).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_engine_rows_for_odd_inputs(strategy):
+    """Scalar, empty, non-contiguous, float64 and unused inputs land in the right columns."""
+    generator = torch.Generator().manual_seed(5)
+    scalar = torch.tensor(1.5, requires_grad=True)
+    empty = torch.zeros(0, 3, requires_grad=True)
+    strided = torch.randn(4, 3, generator=generator).t().requires_grad_()
+    wide = torch.randn(2, dtype=torch.float64, generator=generator, requires_grad=True)
+    unused = torch.randn(3, requires_grad=True)
+    inputs = [scalar, empty, strided, wide, unused]
+    losses = [
+        scalar * strided.sum() + empty.sum(),
+        (strided**2).sum() + (wide.float() ** 3).sum(),
+        scalar**2 * wide.sum().float(),
+    ]
+    expected = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+        expected.append(
+            torch.cat(
+                [
+                    torch.zeros(x.numel(), dtype=torch.float64)
+                    if g is None
+                    else g.reshape(-1).double()
+                    for g, x in zip(grads, inputs)
+                ]
+            )
+        )
+    memo = BatchedBackwardMemo(strategy)
+    jacobian = task_jacobian(losses, inputs, memo=memo)
+    assert jacobian.dtype == torch.float64
+    torch.testing.assert_close(jacobian, torch.stack(expected), rtol=1e-6, atol=1e-6)
