@@ -62,6 +62,8 @@ def test_pilot_size_grows_like_the_square_root():
 def arc_sweep():
     problem = Circle()
     training = ProblemTraining(problem, steps=300)
+    # Arc spacing puts the 10th of 11 bounds at ε ≈ 0.988, where the front's curvature,
+    # -(1 − ε²)^-1.5 ≈ -260, calls for a damping above 260 (see trace's ``damping``).
     front = trace(training, methods="epsilon", n_points=11, epsilon_spacing="arc", damping=1e3)
     return problem, front
 
