@@ -433,7 +433,11 @@ def trace(
         damping: MDMM damping ``c`` of every ε constraint (on the constraint scaled by
             ``1/(nadir_j − ideal_j)``); it must exceed the front's negative curvature in
             those units (``moopt.mdmm``); 100 suits the toy fronts (the circle needs more than 12
-            at ε = 0.9, where its curvature is -1/(1-ε²)^1.5).
+            at ε = 0.9, where its curvature is -1/(1-ε²)^1.5). ``epsilon_spacing="arc"``
+            puts bounds further into the steep end of a concave front, where the curvature
+            is larger (about -260 at the 10th of 11 arc-spaced bounds on the circle): raise
+            it there. Too large a damping stiffens the Lagrangian until the optimizer
+            oscillates (``benchmarks/bench_nsga2.py`` uses 300 with 100 arc-spaced points).
         anchor_weight: ``δ`` of the anchor weights.
         n_objectives: K; required for a training function without an ``n_objectives``
             attribute.
