@@ -91,10 +91,16 @@ def test_arc_sweep_resumes_from_its_store_without_running_anything(tmp_path):
         return training(run)
 
     kwargs = dict(
-        methods="epsilon", n_points=4, epsilon_spacing="arc", n_objectives=2, store=tmp_path
+        methods="epsilon",
+        n_points=4,
+        epsilon_spacing="arc",
+        n_objectives=2,
+        seeds=2,
+        store=tmp_path,
     )
     first = trace(train, **kwargs)
-    assert calls.count("epsilon") == pilot_size(4) + 4 and calls.count("anchor") == 2
+    assert calls.count("epsilon") == 2 * (pilot_size(4) + 4) and calls.count("anchor") == 4
+    assert len(first.select("epsilon")) == 8
     calls.clear()
     again = trace(train, **kwargs)
     assert calls == []
