@@ -6,7 +6,7 @@ with ``L₂ ≤ ε``, the last 10 % of the ε range holds 29 % of the arc. Bound
 evenly in *arc length* (in losses normalised by the anchors' range) give every stretch
 of the front the same number of points. The arc length of a front that is not yet known
 is measured on a pilot: a short warm-started chain (see :func:`pilot_epsilons`), whose
-points, with the two anchors, are joined by a monotone parametric cubic (see
+points, with the two anchors, are joined by a parametric cubic spline (see
 :func:`arc_length_epsilons`).
 """
 

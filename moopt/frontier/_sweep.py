@@ -419,7 +419,7 @@ def trace(
             on the steep one. The front's shape comes from a pilot: one warm-started
             chain per seed of ``max(3, round(√n_points))`` bounds evenly inside the ε
             range, from the anchor like the sweep itself; the bounds are then read off a
-            monotone curve through the anchors and the pilot's points
+            parametric cubic spline through the anchors and the pilot's points
             (``moopt.frontier._spacing.arc_length_epsilons``). The pilot runs cost that
             many extra training runs per seed; they are written to the store (a re-run
             skips them) but are not points of the returned Front, which holds the
