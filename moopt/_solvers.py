@@ -513,7 +513,8 @@ def power_root(
     ``φ' (w) = w^(-1/α)`` (``φ = log`` for α = 1), found by damped Newton steps (Armijo
     backtracking on the objective, or a decrease of the residual where round-off hides
     the objective's decrease; kept positive) from the solution for a diagonal Gramian.
-    A final Newton step with autograd gives the implicit derivative in ``G``.
+    A final Newton step with autograd gives the implicit derivative in ``G``. For K = 2
+    and α = 1 the root has a closed form (:func:`_power_root_of_two`), used instead.
 
     Raises:
         ValueError: when some task's gradient is zero (no positive solution exists).
@@ -527,6 +528,8 @@ def power_root(
         raise ValueError(
             f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
         )
+    if alpha == 1.0 and gramian.shape[0] == 2:
+        return _power_root_of_two(gramian, tol)
     exponent = -1.0 / alpha
 
     def residual(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -582,3 +585,28 @@ def power_root(
         return w
     hessian = gramian + torch.diag(-exponent * w.pow(exponent - 1.0))
     return w - torch.linalg.solve(hessian, residual(gramian, w))
+
+
+def _power_root_of_two(gramian: torch.Tensor, tol: float) -> torch.Tensor:
+    """The positive root of ``G w = 1/w`` for K = 2, in closed form (differentiable).
+
+    Multiplying each equation by its ``w_k`` gives ``G11 w1² = G22 w2²``, so with
+    ``r = sqrt(G11/G22)``: ``w2 = r w1`` and ``w1 = 1/sqrt(G11 + G12 r)``, with ``G12`` the
+    mean of the two off-diagonal entries. A positive root exists iff
+    ``sqrt(G11 G22) + G12 > 0`` (the gradients are not opposite); within ``tol`` of zero
+    (relative to ``sqrt(G11 G22)``) it is refused, as Newton's method would fail there.
+
+    Raises:
+        RuntimeError: when the two gradients are opposite to within ``tol``.
+    """
+    first, second = gramian[0, 0], gramian[1, 1]
+    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
+    geometric = (first * second).sqrt()
+    if float((geometric + cross).detach()) <= tol * float(geometric.detach()):
+        raise RuntimeError(
+            "G w = w^(-1/alpha) has no positive solution to tolerance "
+            f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"
+        )
+    ratio = (first / second).sqrt()
+    weight = (first + cross * ratio).rsqrt()
+    return torch.stack([weight, ratio * weight])
