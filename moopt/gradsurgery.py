@@ -323,14 +323,15 @@ class NashMTL(_Gramian):
     that the update has norm ``max_norm``.
 
     Deviations from the official code: the equations are solved exactly by Newton's method
-    on the strictly convex ``½ wᵀĜw − Σ log w_k`` (:func:`moopt._solvers.power_root`)
-    instead of 20 rounds of a linearised cvxpy/ECOS problem that stop at a residual of
-    1e-3; so there is no warm-start state and no ``update_weights_every``. The official
-    code clips the *parameters'* gradient norm with ``clip_grad_norm_``; here the same
-    bound is applied to the update vector itself, as TorchJD does. A zero gradient or a
-    singular Gramian with a positive null vector (e.g. two opposite gradients) leaves the
-    equations without a positive solution: ``ValueError`` / ``RuntimeError``. Weights are
-    differentiable in ``G`` (implicit derivative; the clipping is differentiable too).
+    on the strictly convex ``½ wᵀĜw − Σ log w_k`` (:func:`moopt._solvers.power_root`; in
+    closed form for two tasks) instead of 20 rounds of a linearised cvxpy/ECOS problem that
+    stop at a residual of 1e-3; so there is no warm-start state and no
+    ``update_weights_every``. The official code clips the *parameters'* gradient norm with
+    ``clip_grad_norm_``; here the same bound is applied to the update vector itself, as
+    TorchJD does. A zero gradient or a singular Gramian with a positive null vector (e.g.
+    two opposite gradients) leaves the equations without a positive solution: ``ValueError``
+    / ``RuntimeError``. Weights are differentiable in ``G`` (implicit derivative; the
+    clipping is differentiable too).
 
     Args:
         max_norm: bound on the update norm, ``0`` to disable (the official default is 1).
@@ -698,7 +699,8 @@ class FairGrad(_Gramian):
     Deviation: the official code (OptMN-Lab/fairgrad) calls ``scipy.optimize.least_squares``
     from ``1/K`` with bounds ``(0, ∞)``; here the same root is found exactly by Newton's
     method on the strictly convex ``½ wᵀGw − Σ_k φ(w_k)`` with ``φ' = w^{−1/α}``
-    (:func:`moopt._solvers.power_root`), on G's device. Zero gradients or a singular G with
+    (:func:`moopt._solvers.power_root`; in closed form for two tasks and α = 1), on G's
+    device. Zero gradients or a singular G with
     a positive null vector leave no positive root: ``ValueError`` / ``RuntimeError``.
     Weights are differentiable in ``G`` (implicit derivative).
 
