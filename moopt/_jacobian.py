@@ -256,9 +256,9 @@ def gramian(jacobian: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
     chunks of ``J``.
 
     Measured on CPU (one thread, MKL, K×661,000 float32): the chunked sum takes
-    0.6–0.9× the time of one product for K = 7 to 10 (a skinny product that the BLAS
-    handles poorly), but 1.2–1.4× for K ≤ 4 and about the same for K ≥ 12; the results
-    agree up to summation order. On accelerators one product avoids a launch per chunk.
+    0.6–0.95× the time of one product for K = 7 to 11 (a skinny product that the BLAS
+    handles poorly), but 1.1–1.4× for K ≤ 5 and about the same for K = 6 and K ≥ 12; the
+    results agree up to summation order. On accelerators one product avoids a launch per chunk.
     """
     n_tasks, width = jacobian.shape
     if jacobian.device.type != "cpu" or n_tasks not in CHUNKED_TASKS or width <= chunk:
