@@ -376,7 +376,8 @@ def cagrad_dual(
     Armijo backtracking on F and checked against the full KKT conditions. When the
     optimum is ``g_w = 0`` (``r ≥ ‖g0‖`` and 0 in the convex hull of the gradients:
     Pareto-stationary), ``λ`` is infinite and zero weights are returned, as TorchJD does
-    (the official code divides by ``‖g_w‖ + 1e-8``).
+    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2 an interior optimum is
+    computed in closed form first (:func:`_cagrad_interior_of_two`).
 
     Raises:
         RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
@@ -386,6 +387,10 @@ def cagrad_dual(
     scale = gramian_scale(gramian)
     if float(scale) == 0.0 or float(radius.detach()) == 0.0:
         return anchor.clone()
+    if n_tasks == 2:
+        interior = _cagrad_interior_of_two(gramian / scale, anchor, radius / scale.sqrt(), tol)
+        if interior is not None:
+            return interior
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         r_hat = float(radius.detach()) / float(scale) ** 0.5
@@ -485,6 +490,40 @@ def _cagrad_on_support(
         if violation < best_violation:
             best, best_violation = candidate, violation
     return best, best_violation
+
+
+def _cagrad_interior_of_two(
+    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor, tol: float
+) -> torch.Tensor | None:
+    """CAGrad's weights ``b + λ w`` for K = 2 in closed form when ``w`` is interior, else None.
+
+    With ``w = (γ, 1 − γ)``: ``‖Jᵀw‖² = ((Aγ + B)² + Δ)/A`` where ``A = ‖g1 − g2‖²``,
+    ``B = G12 − G22`` and ``Δ = G11 G22 − G12²``, and the derivative of the dual objective
+    vanishes where ``(Aγ + B)/sqrt((Aγ + B)² + Δ) = τ = ((Gb)_2 − (Gb)_1)/(r sqrt(A))``:
+    ``γ = (τ sqrt(Δ/(1 − τ²)) − B)/A`` and ``λ = r/‖Jᵀw‖ = r sqrt(A (1 − τ²)/Δ)``.
+    Used only when ``A``, ``Δ`` and ``1 − τ²`` are clearly positive and ``γ`` lies inside
+    ``(0, 1)`` (by more than ``tol``); otherwise (an optimum on a vertex, colinear or equal
+    gradients) the general solver runs. Differentiable in ``G`` and ``r``.
+    """
+    first, second = gramian[0, 0], gramian[1, 1]
+    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
+    curvature = first + second - 2.0 * cross
+    determinant = first * second - cross * cross
+    if not (
+        float(curvature.detach()) > tol * float((first + second).detach())
+        and float(determinant.detach()) > tol * float((first * second).detach())
+    ):
+        return None
+    linear = gramian @ b
+    tau = (linear[1] - linear[0]) / (r * curvature.sqrt())
+    room = 1.0 - tau * tau
+    if not float(room.detach()) > tol:
+        return None
+    gamma = (tau * (determinant / room).sqrt() - (cross - second)) / curvature
+    if not tol < float(gamma.detach()) < 1.0 - tol:
+        return None
+    scale = r * (curvature * room / determinant).sqrt()
+    return b + scale * torch.stack([gamma, 1.0 - gamma])
 
 
 def _detached(values: tuple) -> tuple:

@@ -281,7 +281,8 @@ class CAGrad(_Gramian):
     (``rescale=0``).
 
     Deviations: the dual is solved exactly in torch (:func:`moopt._solvers.cagrad_dual`:
-    closed form on the support found by projected gradient) instead of scipy's SLSQP; the
+    closed form on the support found by projected gradient, or directly for two tasks with
+    an interior optimum) instead of scipy's SLSQP; the
     official ``1e-8`` guards inside the square roots are left out. ``g0 = 0`` gives
     ``d = 0``; so does a Pareto-stationary J (0 in the hull of the gradients) with
     ``c ≥ 1``, where the dual optimum is ``g_w = 0`` (as TorchJD; the official code then
@@ -351,7 +352,7 @@ class NashMTL(_Gramian):
         weights = _solvers.power_root(normalized, alpha=1.0)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
-            if float(norm) > self.max_norm:
+            if float(norm.detach()) > self.max_norm:
                 weights = weights * (self.max_norm / norm)
         return weights
 

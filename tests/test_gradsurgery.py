@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moopt import _solvers
 from moopt import gradsurgery as gs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
@@ -155,9 +156,10 @@ def test_mgda_backward_records_losses_for_the_normalisers() -> None:
 
 @pytest.mark.parametrize("c", [0.2, 0.5, 0.9, 2.0])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cagrad_is_the_exact_conflict_averse_direction(c: float, seed: int) -> None:
+@pytest.mark.parametrize("n_tasks", [2, 4])  # K = 2 has a closed form for interior optima
+def test_cagrad_is_the_exact_conflict_averse_direction(c: float, seed: int, n_tasks: int) -> None:
     cp = pytest.importorskip("cvxpy")
-    jacobian = make_jacobian(4, 12, 4, 2.0, seed, shared=-0.3 * seed)
+    jacobian = make_jacobian(n_tasks, 12, n_tasks, 2.0, seed, shared=-0.3 * seed)
     numpy_jacobian = jacobian.numpy()
     mean = numpy_jacobian.mean(axis=0)
     radius = c * np.linalg.norm(mean)
@@ -176,6 +178,22 @@ def test_cagrad_is_the_exact_conflict_averse_direction(c: float, seed: int) -> N
     for rescale, divisor in [(1, 1 + c**2), (2, 1 + c)]:
         rescaled = gs.CAGrad(c=c, rescale=rescale).aggregate(jacobian).numpy()
         np.testing.assert_allclose(rescaled * divisor, update, rtol=1e-9, atol=1e-12)
+
+
+def test_cagrad_two_task_closed_form_is_taken_and_meets_the_kkt_conditions() -> None:
+    jacobian = make_jacobian(2, 12, 2, 2.0, 2, shared=-0.6)  # an interior optimum for c = 0.9
+    gramian = jacobian @ jacobian.T
+    scale = gramian.diagonal().max()
+    anchor = torch.full((2,), 0.5, dtype=torch.float64)
+    radius = 0.9 * (anchor @ gramian @ anchor).sqrt()
+    g_hat, r_hat = gramian / scale, radius / scale.sqrt()
+    closed = _solvers._cagrad_interior_of_two(g_hat, anchor, r_hat, 1e-10)
+    assert closed is not None
+    lam = float((closed - anchor).sum())  # weights are b + λ w with w on the simplex
+    w = (closed - anchor) / lam
+    tau = float((g_hat @ closed)[0])
+    assert _solvers._cagrad_kkt(g_hat, anchor, float(r_hat), w, lam, tau) <= 1e-12
+    torch.testing.assert_close(gs.CAGrad(c=0.9, rescale=0).weights(gramian), closed)
 
 
 def test_cagrad_with_zero_radius_is_the_mean() -> None:
@@ -231,16 +249,17 @@ def test_pcgrad_follows_algorithm_1(seed: int) -> None:
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
-def test_fairgrad_and_nash_solve_their_equations(alpha: float) -> None:
+@pytest.mark.parametrize("n_tasks", [2, 4])  # K = 2 with alpha = 1 has a closed form
+def test_fairgrad_and_nash_solve_their_equations(alpha: float, n_tasks: int) -> None:
     scipy_optimize = pytest.importorskip("scipy.optimize")
-    jacobian = make_jacobian(4, 12, 4, 5.0, 1, shared=0.5)
+    jacobian = make_jacobian(n_tasks, 12, n_tasks, 5.0, 1, shared=0.5)
     gramian = jacobian @ jacobian.T
     weights = gs.FairGrad(alpha=alpha).weights(gramian)
     torch.testing.assert_close(gramian @ weights, weights.pow(-1.0 / alpha))
     numpy_gramian = gramian.numpy()
     reference = scipy_optimize.least_squares(
         lambda x: numpy_gramian @ x - np.power(x, -1.0 / alpha),
-        np.ones(4) / 4,
+        np.ones(n_tasks) / n_tasks,
         bounds=(0, np.inf),
         xtol=1e-15,
         ftol=1e-15,
