@@ -49,7 +49,8 @@ Layers:
 * :mod:`~moopt.hypergrad.fds` — :func:`fds_hypergradients` for an ``nn.Module``.
 * :mod:`~moopt.hypergrad.reverse` — reverse-mode baseline :func:`reverse_unroll`,
   :func:`reverse_hypergradients` (memory linear in T; for checks and short horizons).
-* :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`.
+* :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`,
+  :class:`CuttingPlaneStep` (one scalar, few outer steps).
 * :mod:`~moopt.hypergrad.tune` — :func:`tune`, :class:`History` (checkpoint/resume, plot).
 * :mod:`~moopt.hypergrad.hd` — greedy online Hypergradient Descent (Baydin et al. 2018):
   :class:`SGDHD`, :class:`AdamHD` (the one-step-greedy baseline).
@@ -88,7 +89,7 @@ from moopt.hypergrad.fds import fds_hypergradients
 from moopt.hypergrad.hd import SGDHD, AdamHD
 from moopt.hypergrad.noisy_quadratic import NoisyQuadratic, greedy_schedule, greedy_step
 from moopt.hypergrad.optim import SGD, Adam, AdamW, InnerOptimizer, adam, sgd
-from moopt.hypergrad.outer import AdamStep, OuterOptimizer, SignStep
+from moopt.hypergrad.outer import AdamStep, CuttingPlaneStep, OuterOptimizer, SignStep
 from moopt.hypergrad.plotting import plot_schedules
 from moopt.hypergrad.problem import InnerProblem, check_forward_mode_compatible
 from moopt.hypergrad.reverse import reverse_hypergradients, reverse_unroll
@@ -102,6 +103,7 @@ __all__ = [
     "AdamHD",
     "AdamStep",
     "AdamW",
+    "CuttingPlaneStep",
     "History",
     "HyperSpace",
     "HypergradResult",

@@ -149,7 +149,8 @@ def tune(
 
     Each outer step ``k``: ``result = objective(k)`` (a full inner run; it must return the
     hypergradients of every schedule in ``schedules``, e.g. ``fds_hypergradients(...,
-    hypers=...)``), record it, then ``outer.step(schedules, result.hypergrads)``, then save
+    hypers=...)``), record it, then ``outer.step(schedules, result.hypergrads,
+    val_loss=...)``, then save
     the checkpoint, then ``callback(k, result, history)``.
 
     Args:
@@ -205,7 +206,7 @@ def tune(
                     f"objective must return a HypergradResult; got {type(result).__name__}"
                 )
             history.record(schedules, result)
-            outer.step(schedules, result.hypergrads)
+            outer.step(schedules, result.hypergrads, val_loss=float(result.val_loss))
             history.final_values = {n: s.values().cpu().clone() for n, s in schedules.items()}
             if path is not None:
                 _save(
