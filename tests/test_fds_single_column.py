@@ -167,3 +167,20 @@ def test_forward_unroll_single_column_with_a_counter_that_carries_no_tangent():
     expected = -horizon * a * x0 * (1 - eta * a) ** (horizon - 1)
     assert abs(float(result.hypergrads["lr"]) - expected) < 1e-12 * abs(expected)
     assert float(result.state["count"]) == horizon
+
+
+def test_one_weight_benchmark_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_fds_one_weight.py"
+    spec = importlib.util.spec_from_file_location("bench_fds_one_weight", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--steps", "3", "--repeat", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "F.cross_entropy" in printed and "logsumexp - gather" in printed

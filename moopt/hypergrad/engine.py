@@ -291,7 +291,9 @@ def forward_unroll(
         steps: the horizon T (default: the schedules' ``steps``; all must agree).
         has_aux: whether ``step`` also returns the training loss.
         tangents: ``"batched"`` (vmap over the N tangents, the default) or ``"columns"``
-            (one jvp per tangent column; slower, for comparisons).
+            (one jvp per tangent column; slower, for comparisons). With N = 1 and
+            ``compile=False`` both run the single column as dual tensors after step 0
+            (see the module docstring).
         check_finite: stop with :class:`UnrollError` naming the step when the state, its
             tangents or the training loss become NaN/inf.
         check_every: look at the finiteness record every this many steps (one host sync
