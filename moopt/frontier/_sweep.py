@@ -42,6 +42,7 @@ from moopt.frontier._config import (
     PointConfig,
     simplex_lattice,
 )
+from moopt.frontier._spacing import SPACINGS, arc_length_epsilons, pilot_epsilons
 from moopt.frontier.front import Front
 from moopt.frontier.run import Run, build_combiner
 from moopt.frontier.store import PointRecord, PointStore, this_process
@@ -300,6 +301,21 @@ def _as_chains(epsilons: object, n_constrained: int) -> list[np.ndarray] | None:
     return out
 
 
+def _as_spacing(spacing: object, n_objectives: int, explicit: bool) -> str:
+    if spacing not in SPACINGS:
+        raise ValueError(f"epsilon_spacing must be one of {list(SPACINGS)}; got {spacing!r}")
+    if spacing == "arc" and n_objectives != 2:
+        raise ValueError(
+            f"epsilon_spacing='arc' needs two losses (a front that is a curve); got {n_objectives}"
+        )
+    if spacing == "arc" and explicit:
+        raise ValueError(
+            "epsilon_spacing='arc' places the default bounds; it cannot be combined with "
+            "explicit epsilons="
+        )
+    return spacing
+
+
 def _bounds(
     given: object, found: np.ndarray | None, name: str, n_objectives: int
 ) -> np.ndarray | None:
@@ -357,6 +373,7 @@ def trace(
     seeds: int | Sequence[int] = 1,
     weights: object = None,
     epsilons: object = None,
+    epsilon_spacing: str = "even",
     objective: int = 0,
     ideal: object = None,
     nadir: object = None,
@@ -394,7 +411,20 @@ def trace(
             ``objective``, in order. Each chain starts from the anchor of the last
             constrained loss. Default: ``n_points`` per constrained loss, evenly from
             ``ideal_j`` (tightest) to ``nadir_j`` (loosest), run as warm-started phases
-            (see ``_EpsilonPhases``).
+            (see ``_EpsilonPhases``), or placed by ``epsilon_spacing``.
+        epsilon_spacing: where the default bounds go, with two losses. ``"even"``:
+            evenly in ε. ``"arc"``: evenly in arc length of the front, in losses
+            normalised by ``nadir − ideal`` — every stretch of the front gets its share
+            of the ``n_points``, where even ε crowds them on the flat part and leaves gaps
+            on the steep one. The front's shape comes from a pilot: one warm-started
+            chain per seed of ``max(3, round(√n_points))`` bounds evenly inside the ε
+            range, from the anchor like the sweep itself; the bounds are then read off a
+            parametric cubic spline through the anchors and the pilot's points
+            (``moopt.frontier._spacing.arc_length_epsilons``). The pilot runs cost that
+            many extra training runs per seed; they are written to the store (a re-run
+            skips them) but are not points of the returned Front, which holds the
+            ``n_points`` bounds of each seed's sweep. Needs two losses and no explicit
+            ``epsilons``.
         objective: the loss the ε method minimises.
         ideal, nadir: K numbers overriding the estimates from the anchors (ideal: least
             value of each loss over the anchors; nadir: largest). With K ≥ 3 the anchors'
@@ -403,7 +433,11 @@ def trace(
         damping: MDMM damping ``c`` of every ε constraint (on the constraint scaled by
             ``1/(nadir_j − ideal_j)``); it must exceed the front's negative curvature in
             those units (``moopt.mdmm``); 100 suits the toy fronts (the circle needs more than 12
-            at ε = 0.9, where its curvature is -1/(1-ε²)^1.5).
+            at ε = 0.9, where its curvature is -1/(1-ε²)^1.5). ``epsilon_spacing="arc"``
+            puts bounds further into the steep end of a concave front, where the curvature
+            is larger (about -260 at the 10th of 11 arc-spaced bounds on the circle): raise
+            it there. Too large a damping stiffens the Lagrangian until the optimizer
+            oscillates (``benchmarks/bench_nsga2.py`` uses 300 with 100 arc-spaced points).
         anchor_weight: ``δ`` of the anchor weights.
         n_objectives: K; required for a training function without an ``n_objectives``
             attribute.
@@ -454,6 +488,7 @@ def trace(
         raise ValueError(f"loss_names must have {n_obj} names; got {len(loss_names)}")
     weight_grid = _as_weights(weights, n_obj, n_points)
     chains_given = _as_chains(epsilons, n_obj - 1)
+    arc = _as_spacing(epsilon_spacing, n_obj, chains_given is not None) == "arc"
     executor = InlineExecutor() if executor is None else executor
     if not hasattr(executor, "submit"):
         raise TypeError(
@@ -543,14 +578,21 @@ def trace(
         phases = _EpsilonPhases(
             seed_list, n_obj, objective, n_points, chains_given, ideal_used, nadir_used, starts
         )
+        if arc:
+            anchors_of = {seed: [] for seed in seed_list}
+            for record in records:
+                if record.config.method == ANCHOR:
+                    anchors_of[record.config.seed].append(record.losses)
+            phases.plan_by_arc_length(anchors_of)
     first = phases.next_round() if phases is not None else None
     round_tasks = tasks + ([] if first is None else make_tasks(*first))
     while round_tasks:
         results = _submit_all(executor, round_tasks, progress)
         for task, (task_records, history) in zip(round_tasks, results):
+            if phases is not None:
+                phases.finished(task.chains, task_records, history)
+                task_records = [r for r in task_records if r.config not in phases.pilots]
             records.extend(task_records)
-            if phases is not None and history is not None:
-                phases.finished(task.chains, history)
         following = phases.next_round() if phases is not None else None
         round_tasks = [] if following is None else make_tasks(*following)
     reference = None
@@ -581,6 +623,12 @@ class _EpsilonPhases:
     point computed before, a chain along axis p (indices 1…n−1). Every chain of a phase is
     independent: phase p has ``n^p`` chains per seed, run in parallel. Explicit
     ``epsilons`` chains are one phase, each chain started like phase 0.
+
+    With ``plan_by_arc_length`` (two losses), a pilot round comes first: one chain per
+    seed over a few bounds evenly inside the ε range, started like phase 0; each seed's
+    bounds are then placed evenly in arc length along the curve through its anchors and
+    its pilot points (``moopt.frontier._spacing``). The pilot's configurations are in
+    ``pilots``, so that ``trace`` can leave them out of the Front.
     """
 
     def __init__(
@@ -619,6 +667,47 @@ class _EpsilonPhases:
         }
         self.starts = starts
         self.index_of: dict[PointConfig, tuple[int, tuple[int, ...]]] = {}
+        self.seed_axes: dict[int, list[np.ndarray]] = {}
+        self.pilots: set[PointConfig] = set()
+        self.pilot_points: dict[int, list[tuple[float, ...]]] | None = None
+        self.ideal, self.nadir = ideal, nadir
+
+    def plan_by_arc_length(self, anchor_losses: dict[int, list[tuple[float, ...]]]) -> None:
+        """Place each seed's bounds evenly in arc length: run a pilot chain first.
+
+        ``anchor_losses``: each seed's anchor losses, the ends of the curve the bounds
+        are read from (two losses only; see ``moopt.frontier._spacing``).
+        """
+        self.pilot_points = {seed: list(anchor_losses.get(seed, [])) for seed in self.seed_list}
+
+    def _axes(self, seed: int) -> list[np.ndarray]:
+        return self.seed_axes.get(seed, self.axes)
+
+    def _pilot_round(self) -> tuple[list[list[PointConfig]], list[dict | None], tuple, bool]:
+        j = self.constrained[0]
+        bounds = pilot_epsilons(self.ideal[j], self.nadir[j], self.n_points)
+        chains, init_states = [], []
+        for seed in self.seed_list:
+            chain = [self._config(seed, np.array([b]), s) for s, b in enumerate(bounds)]
+            self.pilots.update(chain)
+            chains.append(chain)
+            init_states.append(self.starts.get(seed))
+            self.chain_count += 1
+        return chains, init_states, self.scales, False
+
+    def _plan(self) -> None:
+        j, o = self.constrained[0], self.objective
+        for seed, found in self.pilot_points.items():
+            losses = np.array(found, dtype=float).reshape(-1, self.n_obj)
+            self.seed_axes[seed] = [
+                arc_length_epsilons(
+                    losses[:, o],
+                    losses[:, j],
+                    (self.ideal[o], self.ideal[j]),
+                    (self.nadir[o], self.nadir[j]),
+                    self.n_points,
+                )
+            ]
 
     def _config(self, seed: int, bounds: np.ndarray, step: int) -> PointConfig:
         full: list[float | None] = [None] * self.n_obj
@@ -649,6 +738,10 @@ class _EpsilonPhases:
                     self.chain_count += 1
             self.phase = 1
             return chains, init_states, self.scales, False
+        if self.pilot_points is not None and not self.pilots:
+            return self._pilot_round()
+        if self.pilot_points is not None and not self.seed_axes:
+            self._plan()
         m = len(self.constrained)
         if self.phase >= m:
             return None
@@ -660,7 +753,8 @@ class _EpsilonPhases:
             chain = []
             for step, i in enumerate(indices):
                 idx = start[:p] + (i,) + (0,) * (m - p - 1)
-                bounds = np.array([self.axes[a][idx[a]] for a in range(m)])
+                axes = self._axes(seed)
+                bounds = np.array([axes[a][idx[a]] for a in range(m)])
                 config = self._config(seed, bounds, step)
                 self.index_of[config] = (seed, idx)
                 chain.append(config)
@@ -670,9 +764,18 @@ class _EpsilonPhases:
         self.phase += 1
         return chains, init_states, self.scales, self.phase < m
 
-    def finished(self, chains: list[list[PointConfig]], history: list[list[dict | None]]) -> None:
-        """Record the state after each run of finished chains (starting points of the next)."""
-        for chain, states in zip(chains, history):
+    def finished(
+        self,
+        chains: list[list[PointConfig]],
+        records: list[PointRecord],
+        history: list[list[dict | None]] | None,
+    ) -> None:
+        """Record the losses of finished pilot runs, and the state after each run of
+        finished chains (starting points of the next phase)."""
+        for record in records:
+            if record.config in self.pilots:
+                self.pilot_points[record.config.seed].append(record.losses)
+        for chain, states in zip(chains, history or []):
             for config, state in zip(chain, states):
                 if config in self.index_of:
                     self.states[self.index_of[config]] = state

@@ -64,17 +64,24 @@ class ProblemTraining:
     ``θ`` starts at ``problem.sample_init(1, generator)`` (the generator seeded with the
     run's seed), or at the chain neighbour's ``θ`` for warm-started ε runs, and takes
     ``steps`` steps (``warm_steps`` for a warm-started run, which starts one ε step from
-    its answer) of Adam (or SGD) with a cosine learning-rate decay from ``lr`` to
-    ``lr * final_lr_fraction`` on ``run.loss(problem.losses(θ))``. The MDMM multipliers
+    its answer) of Adam (or SGD) with a cosine learning-rate decay from ``lr`` (``warm_lr``
+    for a warm-started run) to ``final_lr_fraction`` of it on
+    ``run.loss(problem.losses(θ))``. The MDMM multipliers
     share the optimizer (their gradient is negated, so they ascend). The decay matters for
     precision: with a constant Adam step the iterates keep oscillating by about ``lr``.
+    Cold runs (the anchors and the weighted runs) have to travel from a random start,
+    often far (``θ → ±∞`` where a sigmoid maps it to a box, as on ``Circle``'s angle), and
+    an Adam step moves each coordinate by at most about the learning rate; a warm run
+    starts next to its answer and needs precision more than reach: hence the separate
+    ``warm_lr``.
 
     Args:
         problem: an object with ``n_params``, ``n_objectives``, ``losses(theta)`` and
             ``sample_init(n, generator)`` (every class of ``moopt.problems``).
         steps: optimizer steps per run.
         warm_steps: optimizer steps of a warm-started run (default: ``steps``).
-        lr: initial learning rate.
+        lr: initial learning rate of a run from the random start.
+        warm_lr: initial learning rate of a warm-started run (default: ``lr``).
         optimizer: ``"adam"`` or ``"sgd"``.
         final_lr_fraction: the learning rate at the last step, as a fraction of ``lr``.
     """
@@ -85,6 +92,7 @@ class ProblemTraining:
         steps: int = 500,
         warm_steps: int | None = None,
         lr: float = 0.05,
+        warm_lr: float | None = None,
         optimizer: str = "adam",
         final_lr_fraction: float = 0.01,
     ) -> None:
@@ -106,14 +114,16 @@ class ProblemTraining:
             raise ValueError(f"warm_steps must be a positive int; got {warm_steps!r}")
         self.warm_steps = warm_steps
         self.lr = check_positive(lr, "lr")
+        self.warm_lr = self.lr if warm_lr is None else check_positive(warm_lr, "warm_lr")
         self.optimizer = optimizer
         self.final_lr_fraction = check_positive(final_lr_fraction, "final_lr_fraction")
         self.n_objectives = int(problem.n_objectives)
 
     def __repr__(self) -> str:
+        warm_lr = "" if self.warm_lr == self.lr else f"warm_lr={self.warm_lr}, "
         return (
             f"ProblemTraining({self.problem!r}, steps={self.steps}, "
-            f"warm_steps={self.warm_steps}, lr={self.lr}, "
+            f"warm_steps={self.warm_steps}, lr={self.lr}, {warm_lr}"
             f"optimizer={self.optimizer!r}, final_lr_fraction={self.final_lr_fraction})"
         )
 
@@ -139,7 +149,7 @@ class ProblemTraining:
             run.parameters(params),
             lambda step: run.loss(self.problem.losses(params.theta)),
             self.warm_steps if warm else self.steps,
-            self.lr,
+            self.warm_lr if warm else self.lr,
             self.final_lr_fraction,
             self.optimizer,
         )
@@ -180,7 +190,7 @@ class ProblemTraining:
             [theta, *combine.parameters()],
             lambda step: combine(self.problem.losses(theta)).sum(),
             self.warm_steps if warm else self.steps,
-            self.lr,
+            self.warm_lr if warm else self.lr,
             self.final_lr_fraction,
             self.optimizer,
         )
