@@ -81,7 +81,11 @@ dispatch through three ``torch.func`` levels; ``compile=True`` (``torch.compile`
 batched tangent step, compiled once and reused across outer steps while shapes stay the
 same) removes most of it after a one-off compilation. On a CPU shared by several processes
 set ``torch.set_num_threads`` to the cores you really have (oversubscribed threads slow the
-batched tangents down by an order of magnitude).
+batched tangents down by an order of magnitude). A single tuned value (N = 1) runs as
+``torch.autograd.forward_ad`` dual tensors instead (about 2.3 plain training steps per
+step on the digits MLP, see BENCHMARKS.md). In torch 2.13, ``F.cross_entropy``'s backward
+has no forward-mode formula and runs a Python decomposition under FDS; writing the loss
+as ``logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)`` avoids it.
 """
 
 from moopt.hypergrad.engine import HypergradResult, HyperSpace, UnrollError, forward_unroll
