@@ -184,3 +184,26 @@ def test_one_weight_benchmark_runs(capsys):
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "F.cross_entropy" in printed and "logsumexp - gather" in printed
+
+
+def test_dropout_draws_the_same_masks_as_reverse_mode():
+    """The dual-tensor steps consume the random stream like the reverse-mode unroll."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 3)).to(DT)
+    x, y = torch.randn(20, 8, 4, dtype=DT), torch.randn(20, 8, 3, dtype=DT)
+
+    def train_loss(model_fn, batch, hypers):
+        return ((model_fn(batch[0]) - batch[1]) ** 2).mean()
+
+    def val_loss(model_fn):
+        return ((model_fn(x[0]) - y[0]) ** 2).mean()
+
+    results = []
+    for unroll in (fds_hypergradients, reverse_hypergradients):
+        torch.manual_seed(5)
+        optimizer = SGD(lr=Schedule(0.1, steps=20, dtype=DT), momentum=0.9)
+        results.append(unroll(model, train_loss, val_loss, optimizer, lambda t: (x[t], y[t])))
+    assert float(results[0].val_loss) == pytest.approx(float(results[1].val_loss), rel=1e-12)
+    torch.testing.assert_close(
+        results[0].hypergrads["lr"], results[1].hypergrads["lr"], rtol=1e-9, atol=0
+    )
