@@ -88,7 +88,13 @@ has no forward-mode formula and runs a Python decomposition under FDS; writing t
 as ``logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)`` avoids it.
 """
 
-from moopt.hypergrad.engine import HypergradResult, HyperSpace, UnrollError, forward_unroll
+from moopt.hypergrad.engine import (
+    HypergradResult,
+    HyperSpace,
+    UnrollDiverged,
+    UnrollError,
+    forward_unroll,
+)
 from moopt.hypergrad.fds import fds_hypergradients
 from moopt.hypergrad.hd import SGDHD, AdamHD
 from moopt.hypergrad.noisy_quadratic import NoisyQuadratic, greedy_schedule, greedy_step
@@ -117,6 +123,7 @@ __all__ = [
     "OuterOptimizer",
     "Schedule",
     "SignStep",
+    "UnrollDiverged",
     "UnrollError",
     "adam",
     "check_forward_mode_compatible",

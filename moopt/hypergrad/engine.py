@@ -62,6 +62,26 @@ class UnrollError(RuntimeError):
     """An inner step failed or produced NaN/inf during the unroll; the message names the step."""
 
 
+class UnrollDiverged(UnrollError):
+    """NaN/inf appeared during the unroll: in the training loss, in the state (the inner
+    run diverged) or only in the tangents (the run is finite but so sensitive to the
+    hyperparameters that its derivatives overflow, as at the edge of stability).
+
+    Raised by the finiteness check of :func:`forward_unroll`. Unlike other failures it
+    says that these hyperparameter values are too far, not that the code is wrong, so
+    :func:`~moopt.hypergrad.tune` can step back from them.
+
+    Attributes:
+        step: the first inner step with a non-finite value.
+        where: ``"loss"``, ``"state"`` or ``"tangents"``.
+    """
+
+    def __init__(self, message: str, step: int, where: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.where = where
+
+
 class HyperSpace:
     """The N raw hyperparameters of several schedules, packed into one flat vector ``h``.
 
@@ -499,17 +519,21 @@ class _FiniteMonitor:
         state_ok, _, loss_ok = self.flags[first].tolist()
         if not loss_ok:
             value = "" if losses is None else f" {float(losses[first])}"
-            what = f"the training loss is{value}"
+            what, where = f"the training loss is{value}", "loss"
         elif not state_ok:
             what = "the parameters or optimizer state contain NaN/inf (the inner run diverged)"
+            where = "state"
         else:
             what = (
                 "the tangents (hypergradients) overflowed to NaN/inf although the inner run "
                 "itself is finite"
             )
-        raise UnrollError(
+            where = "tangents"
+        raise UnrollDiverged(
             f"NaN/inf during the unroll at inner step {first}: {what}. Lower the learning rate "
-            "or its search range, shorten the horizon, or check the data."
+            "or its search range, shorten the horizon, or check the data.",
+            step=first,
+            where=where,
         )
 
 

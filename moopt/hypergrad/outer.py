@@ -47,6 +47,11 @@ class OuterOptimizer:
     def validate(self, schedules: Mapping[str, Schedule]) -> None:
         """Raise before any inner run if the schedules cannot be updated (default: no check)."""
 
+    def shrink(self, factor: float) -> None:
+        """Multiply every step size, present and future, by ``factor`` (used by
+        :func:`~moopt.hypergrad.tune` to step back after an unroll diverged)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, object]:
         """Internal state, for checkpoints."""
         raise NotImplementedError
@@ -140,6 +145,11 @@ class SignStep(OuterOptimizer):
         self.decay = float(decay)
         self.gamma: dict[str, torch.Tensor] = {}
         self.previous_sign: dict[str, torch.Tensor] = {}
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
+        self.gamma = {name: gamma * factor for name, gamma in self.gamma.items()}
 
     def validate(self, schedules: Mapping[str, Schedule]) -> None:
         """Check that every schedule has an initial step (given, or from its search range)."""
@@ -158,7 +168,7 @@ class SignStep(OuterOptimizer):
             sign = torch.sign(hypergrads[name].detach()).to(schedule.raw)
             if name not in self.gamma:
                 size = _step_size_for(name, schedule, self.step_sizes, self.fraction)
-                self.gamma[name] = torch.full_like(schedule.raw, size)
+                self.gamma[name] = torch.full_like(schedule.raw, size * self.scale)
                 self.previous_sign[name] = torch.zeros_like(schedule.raw)
             gamma = self.gamma[name].to(schedule.raw)
             previous = self.previous_sign[name].to(schedule.raw)
@@ -174,11 +184,13 @@ class SignStep(OuterOptimizer):
         return {
             "gamma": {k: v.cpu().clone() for k, v in self.gamma.items()},
             "previous_sign": {k: v.cpu().clone() for k, v in self.previous_sign.items()},
+            "scale": self.scale,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.gamma = {k: v.clone() for k, v in state["gamma"].items()}
         self.previous_sign = {k: v.clone() for k, v in state["previous_sign"].items()}
+        self.scale = float(state.get("scale", 1.0))
 
 
 class AdamStep(OuterOptimizer):
@@ -210,11 +222,15 @@ class AdamStep(OuterOptimizer):
         self.count = 0
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
 
     def _lr(self, name: str) -> float:
         if isinstance(self.lr, Mapping):
-            return float(self.lr.get(name, 0.01))
-        return float(self.lr)
+            return self.scale * float(self.lr.get(name, 0.01))
+        return self.scale * float(self.lr)
 
     def step(
         self,
@@ -242,12 +258,14 @@ class AdamStep(OuterOptimizer):
             "count": self.count,
             "m": {k: v.cpu().clone() for k, v in self.m.items()},
             "v": {k: v.cpu().clone() for k, v in self.v.items()},
+            "scale": self.scale,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.count = int(state["count"])
         self.m = {k: v.clone() for k, v in state["m"].items()}
         self.v = {k: v.clone() for k, v in state["v"].items()}
+        self.scale = float(state.get("scale", 1.0))
 
 
 class CuttingPlaneStep(OuterOptimizer):
@@ -291,6 +309,10 @@ class CuttingPlaneStep(OuterOptimizer):
         self.step_size = step_size
         self.fraction = float(fraction)
         self.points: list[tuple[float, float, float]] = []
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
 
     def validate(self, schedules: Mapping[str, Schedule]) -> None:
         """Check that there is exactly one scalar hyperparameter and a step size for it."""
@@ -304,7 +326,8 @@ class CuttingPlaneStep(OuterOptimizer):
                 f"one window); got {sizes} values. Use SignStep or AdamStep for more."
             )
         name, schedule = next(iter(schedules.items()))
-        return name, schedule, _step_size_for(name, schedule, self.step_size, self.fraction)
+        size = _step_size_for(name, schedule, self.step_size, self.fraction)
+        return name, schedule, size * self.scale
 
     def step(
         self,
@@ -338,7 +361,9 @@ class CuttingPlaneStep(OuterOptimizer):
         return x - gamma * math.copysign(1.0, g) if g != 0 else x
 
     def state_dict(self) -> dict[str, object]:
-        return {"points": torch.tensor(self.points, dtype=torch.float64).reshape(-1, 3)}
+        points = torch.tensor(self.points, dtype=torch.float64).reshape(-1, 3)
+        return {"points": points, "scale": self.scale}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.points = [tuple(row) for row in state["points"].tolist()]
+        self.scale = float(state.get("scale", 1.0))
