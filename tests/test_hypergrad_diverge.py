@@ -54,6 +54,24 @@ def test_sign_step_backtracks_with_half_the_step_and_never_passes_the_cliff():
     assert float(schedules["x"].values().reshape(())) == pytest.approx(0.625)
 
 
+def test_steps_back_to_the_best_finished_run_not_the_last():
+    schedule = Schedule(0.3, steps=4, bounds=(0.0, 1.0), dtype=DT)
+    calls: list[float] = []
+
+    def objective(k: int) -> HypergradResult:  # loss grows with x, hypergradient misleads
+        x = float(schedule.values().reshape(()))
+        calls.append(x)
+        if x > 0.9 + 1e-12:
+            raise UnrollDiverged(f"diverged at {x}", step=0, where="state")
+        grad = torch.full_like(schedule.raw, -1.0)
+        return HypergradResult(torch.tensor(1 + x, dtype=DT), {"x": grad}, {"x": grad}, None)
+
+    history = tune(objective, {"x": schedule}, 6, outer=SignStep(0.4), progress=False)
+    # 0.3 (best) → 0.7 (worse) → 1.0 diverges → back to 0.3 with 0.2 → 0.5 → 0.7 → 0.9
+    assert calls == pytest.approx([0.3, 0.7, 1.0, 0.5, 0.7, 0.9])
+    assert list(history.diverged) == [2] and history.best_step() == 0
+
+
 def test_adam_and_cutting_plane_steps_also_step_back():
     for outer in (AdamStep(lr=0.5), CuttingPlaneStep(fraction=0.5)):
         calls: list[float] = []

@@ -13,9 +13,11 @@ An outer step can land where the unroll diverges: the inner run blows up, or it 
 finite but is so sensitive to the hyperparameters that its tangents overflow (training
 at the edge of stability; the larger the learning rate and the longer the horizon, the
 likelier). Such a run raises :class:`~moopt.hypergrad.engine.UnrollDiverged`, and by
-default ``tune`` then steps back: it returns to the last values whose run gave finite
-hypergradients and repeats that outer update with every step size halved (a
-backtracking line search on the outer step). The diverged run counts as an outer step
+default ``tune`` then steps back: it returns to the values of the best finished run so
+far (lowest validation loss) and repeats the outer update made from them with every step
+size halved (a backtracking line search on the outer step). Going back to the best run
+rather than the last one matters near the edge of stability, where the last finished
+run may itself sit next to the cliff. The diverged run counts as an outer step
 (it cost a run) and is recorded with a NaN validation loss.
 """
 
@@ -196,8 +198,9 @@ def tune(
             called for a diverged one.
         on_diverge: what to do when an inner run raises
             :class:`~moopt.hypergrad.engine.UnrollDiverged`: ``"backtrack"`` (default: go
-            back to the last values with finite hypergradients and redo that update with
-            the outer step sizes halved, see the module docstring) or ``"raise"``. A run
+            back to the values of the best finished run and redo the update made from
+            them with the outer step sizes halved, see the module docstring) or
+            ``"raise"``. A run
             that diverges at the very first values is always raised: there is nothing
             to go back to.
 
@@ -224,7 +227,7 @@ def tune(
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
     start = 0
-    last_good: dict[str, Any] | None = None
+    best_good: dict[str, Any] | None = None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         if sorted(saved["schedules"]) != sorted(schedules):
@@ -237,7 +240,7 @@ def tune(
         outer.load_state_dict(saved["outer"])
         history = History.from_state_dict(saved["history"])
         start = int(saved["next_step"])
-        last_good = saved.get("last_good")
+        best_good = saved.get("best_good")
         _set_rng_state(saved["rng"])
     bar = _progress(outer_steps, min(start, outer_steps), progress)
     try:
@@ -245,18 +248,19 @@ def tune(
             try:
                 result = objective(k)
             except UnrollDiverged as error:
-                if on_diverge == "raise" or last_good is None:
+                if on_diverge == "raise" or best_good is None:
                     raise
                 history.record_diverged(schedules, error)
                 result = None
-                _step_back(schedules, outer, last_good)
+                _step_back(schedules, outer, best_good)
             else:
                 if not isinstance(result, HypergradResult):
                     raise TypeError(
                         f"objective must return a HypergradResult; got {type(result).__name__}"
                     )
                 history.record(schedules, result)
-                last_good = _snapshot(schedules, outer, result)
+                if best_good is None or float(result.val_loss) < best_good["val_loss"]:
+                    best_good = _snapshot(schedules, outer, result)
                 outer.step(schedules, result.hypergrads, val_loss=float(result.val_loss))
             history.final_values = {n: s.values().cpu().clone() for n, s in schedules.items()}
             if path is not None:
@@ -268,7 +272,7 @@ def tune(
                         "outer": outer.state_dict(),
                         "history": history.state_dict(),
                         "rng": _rng_state(),
-                        "last_good": last_good,
+                        "best_good": best_good,
                     },
                 )
             if bar is not None:
@@ -296,14 +300,14 @@ def _snapshot(
 
 
 def _step_back(
-    schedules: Mapping[str, Schedule], outer: OuterOptimizer, last_good: dict[str, Any]
+    schedules: Mapping[str, Schedule], outer: OuterOptimizer, snapshot: dict[str, Any]
 ) -> None:
-    """Return to the values of ``last_good`` and redo its outer update with half the step
-    sizes; ``last_good`` keeps the halved optimizer, so a second divergence halves again."""
+    """Return to the values of ``snapshot`` and redo its outer update with half the step
+    sizes; ``snapshot`` keeps the halved optimizer, so a second divergence halves again."""
     for name, schedule in schedules.items():
-        schedule.raw = last_good["raw"][name].to(schedule.raw).clone()
-    outer.load_state_dict(last_good["outer"])
+        schedule.raw = snapshot["raw"][name].to(schedule.raw).clone()
+    outer.load_state_dict(snapshot["outer"])
     outer.shrink(0.5)
-    last_good["outer"] = outer.state_dict()
-    hypergrads = {name: g.to(schedules[name].raw) for name, g in last_good["hypergrads"].items()}
-    outer.step(schedules, hypergrads, val_loss=last_good["val_loss"])
+    snapshot["outer"] = outer.state_dict()
+    hypergrads = {name: g.to(schedules[name].raw) for name, g in snapshot["hypergrads"].items()}
+    outer.step(schedules, hypergrads, val_loss=snapshot["val_loss"])
