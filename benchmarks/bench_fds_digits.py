@@ -47,6 +47,10 @@ def main() -> None:
     )
     print(format_table(outcomes))
     fds, hd, rs = outcomes
+    losses = ", ".join(f"{v:.4f}" for v in fds.val_losses)
+    print(f"\nFDS validation loss per outer step: {losses}")
+    diverged = sorted(fds.history.diverged)
+    print(f"FDS outer steps whose unroll diverged (tune stepped back): {diverged or 'none'}")
     print(f"\nFDS - greedy HD test accuracy: {fds.test_accuracy - hd.test_accuracy:+.4f}")
     print(f"FDS - random search test accuracy: {fds.test_accuracy - rs.test_accuracy:+.4f}")
 

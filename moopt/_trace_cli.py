@@ -5,6 +5,7 @@ Examples::
     moopt trace circle                              # linear vs ε on the concave circle
     moopt trace fonseca --methods linear,chebyshev,epsilon --points 21 --seeds 2
     moopt trace sphere --methods linear,epsilon --points 6
+    moopt trace circle --methods epsilon --points 21 --epsilon-spacing arc --damping 1000
     moopt trace multidigits --workers 2 --out runs/multidigits
     moopt trace circle --dask tcp://scheduler:8786 --out /shared/circle
 
@@ -75,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="MDMM damping of the epsilon constraints (default: trace's; 10 for multidigits)",
+    )
+    parser.add_argument(
+        "--epsilon-spacing",
+        default="even",
+        choices=("even", "arc"),
+        help="where the epsilon bounds go: evenly in the bound (default) or evenly along "
+        "the front, read off a short pilot chain (two losses only)",
     )
     parser.add_argument(
         "--out",
@@ -176,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["damping"] = MULTIDIGITS_DAMPING
     if args.damping is not None:
         options["damping"] = args.damping
+    if args.epsilon_spacing != "even":
+        options["epsilon_spacing"] = args.epsilon_spacing
     with _executor(args.workers, args.dask) as executor:
         front = trace(
             target,

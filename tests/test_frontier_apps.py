@@ -258,3 +258,19 @@ def test_moopt_trace_on_a_process_pool_matches_in_process(tmp_path, capsys):
         return sorted(tuple(r["losses"]) for r in records)
 
     np.testing.assert_allclose(losses("inline"), losses("pool"), rtol=1e-6, atol=1e-9)
+
+
+def test_moopt_trace_epsilon_spacing_arc(tmp_path, capsys):
+    from moopt.cli import main
+
+    out = tmp_path / "arc"
+    argv = ["trace", "circle", "--methods", "epsilon", "--points", "5", "--steps", "300"]
+    argv += ["--epsilon-spacing", "arc", "--damping", "1000", "--out", str(out), "--no-plot"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    records = json.loads((out / "front.json").read_text())["records"]
+    points = np.array([r["losses"] for r in records if r["config"]["method"] == "epsilon"])
+    steps = np.hypot(*np.diff(points[np.argsort(points[:, 1])], axis=0).T)
+    assert steps.max() < 1.2 * steps.min()  # evenly along the arc, not evenly in ε
+    with pytest.raises(SystemExit):
+        main(["trace", "circle", "--epsilon-spacing", "log"])

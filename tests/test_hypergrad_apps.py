@@ -82,7 +82,23 @@ def test_short_horizon_example_runs(tmp_path, capsys):
 
 def test_loss_weights_example_runs(tmp_path, capsys):
     out = tmp_path / "lw.png"
-    argv = ["--steps", "8", "--windows", "2", "--criterion", "mean", "--out", str(out)]
+    argv = ["--steps", "8", "--seed", "1", "--criterion", "mean", "--out", str(out)]
     assert _example("fds_loss_weights").main(argv) == 0
     printed = capsys.readouterr().out
-    assert out.exists() and "grid of 11 fixed α" in printed and "FDS" in printed
+    assert out.exists() and "grid of 11 fixed α" in printed and "budget" in printed
+    assert "FDS α, cutting-plane step" in printed and "FDS α, sign step" in printed
+
+
+def test_loss_weights_fds_runs_while_the_next_run_fits_the_budget(monkeypatch):
+    """With a fake CPU clock (every run costs 1 s), FDS starts a run only while the time
+    spent plus 1.1 times its longest run stays within the budget, and always makes one."""
+    example = _example("fds_loss_weights")
+    setup = example.TwoTaskSetup(4, hidden=4, seed=1)
+    ticks = iter(float(x) for x in range(1000))
+    monkeypatch.setattr(example.time, "process_time", lambda: next(ticks))
+    for budget, runs in ((0.0, 1), (2.05, 1), (2.2, 2), (3.0, 2), (3.2, 3)):
+        outer = example.CuttingPlaneStep()
+        row, history = example.fds_search(setup, 0.1, 0.9, example.CRITERIA["worst"], outer, budget)
+        assert row["runs"] == history.outer_steps == len(outer.points) == runs
+        assert row["cpu"] == pytest.approx(runs)
+        assert row["val"] == min(history.val_losses)

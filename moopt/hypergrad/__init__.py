@@ -49,7 +49,8 @@ Layers:
 * :mod:`~moopt.hypergrad.fds` — :func:`fds_hypergradients` for an ``nn.Module``.
 * :mod:`~moopt.hypergrad.reverse` — reverse-mode baseline :func:`reverse_unroll`,
   :func:`reverse_hypergradients` (memory linear in T; for checks and short horizons).
-* :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`.
+* :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`,
+  :class:`CuttingPlaneStep` (one scalar, few outer steps).
 * :mod:`~moopt.hypergrad.tune` — :func:`tune`, :class:`History` (checkpoint/resume, plot).
 * :mod:`~moopt.hypergrad.hd` — greedy online Hypergradient Descent (Baydin et al. 2018):
   :class:`SGDHD`, :class:`AdamHD` (the one-step-greedy baseline).
@@ -80,15 +81,25 @@ dispatch through three ``torch.func`` levels; ``compile=True`` (``torch.compile`
 batched tangent step, compiled once and reused across outer steps while shapes stay the
 same) removes most of it after a one-off compilation. On a CPU shared by several processes
 set ``torch.set_num_threads`` to the cores you really have (oversubscribed threads slow the
-batched tangents down by an order of magnitude).
+batched tangents down by an order of magnitude). A single tuned value (N = 1) runs as
+``torch.autograd.forward_ad`` dual tensors instead (about 2.3 plain training steps per
+step on the digits MLP, see BENCHMARKS.md). In torch 2.13, ``F.cross_entropy``'s backward
+has no forward-mode formula and runs a Python decomposition under FDS; writing the loss
+as ``logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)`` avoids it.
 """
 
-from moopt.hypergrad.engine import HypergradResult, HyperSpace, UnrollError, forward_unroll
+from moopt.hypergrad.engine import (
+    HypergradResult,
+    HyperSpace,
+    UnrollDiverged,
+    UnrollError,
+    forward_unroll,
+)
 from moopt.hypergrad.fds import fds_hypergradients
 from moopt.hypergrad.hd import SGDHD, AdamHD
 from moopt.hypergrad.noisy_quadratic import NoisyQuadratic, greedy_schedule, greedy_step
 from moopt.hypergrad.optim import SGD, Adam, AdamW, InnerOptimizer, adam, sgd
-from moopt.hypergrad.outer import AdamStep, OuterOptimizer, SignStep
+from moopt.hypergrad.outer import AdamStep, CuttingPlaneStep, OuterOptimizer, SignStep
 from moopt.hypergrad.plotting import plot_schedules
 from moopt.hypergrad.problem import InnerProblem, check_forward_mode_compatible
 from moopt.hypergrad.reverse import reverse_hypergradients, reverse_unroll
@@ -102,6 +113,7 @@ __all__ = [
     "AdamHD",
     "AdamStep",
     "AdamW",
+    "CuttingPlaneStep",
     "History",
     "HyperSpace",
     "HypergradResult",
@@ -111,6 +123,7 @@ __all__ = [
     "OuterOptimizer",
     "Schedule",
     "SignStep",
+    "UnrollDiverged",
     "UnrollError",
     "adam",
     "check_forward_mode_compatible",

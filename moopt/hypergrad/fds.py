@@ -19,7 +19,8 @@ Deviations from the official FDS code (github.com/polo5/FDS):
   :class:`~moopt.hypergrad.schedule.Schedule`);
 * the reference recomputes ``H·Z`` one column at a time; here all N columns go through
   one vmapped jvp per step (``tangents="columns"`` reproduces the column loop for
-  comparisons).
+  comparisons); a single hyperparameter (N = 1) is carried as ``torch.autograd.forward_ad``
+  dual tensors after the first step, with the gradient of each step by ``torch.autograd``.
 """
 
 from __future__ import annotations

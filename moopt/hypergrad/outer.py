@@ -7,6 +7,10 @@
   makes the update insensitive to the scale of hypergradients, which varies by orders of
   magnitude between hyperparameters and along a run; the halving lets it settle.
 * :class:`AdamStep` — Adam (Kingma & Ba 2015) on the hypergradients, then the same clamp.
+* :class:`CuttingPlaneStep` — for one scalar hyperparameter and few outer steps: sign
+  steps until the hypergradient's sign brackets the minimum, then the intersection of the
+  tangent lines at the two ends of the bracket (a one-dimensional cutting-plane step,
+  Kelley 1960); it uses the validation loss as well as the hypergradient.
 
 Both act on each :class:`Schedule`'s ``raw`` tensor (value space for the identity
 transform) and modify it in place. Deviation from the official FDS code: the initial step
@@ -16,6 +20,7 @@ zero hypergradient (exactly) neither moves a value nor counts as a sign flip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -26,16 +31,26 @@ StepSizes = float | Mapping[str, float] | None
 
 
 class OuterOptimizer:
-    """Base class: ``step(schedules, hypergrads)`` updates every ``schedule.raw`` in place."""
+    """Base class: ``step(schedules, hypergrads, val_loss)`` updates every ``schedule.raw``
+    in place (``val_loss``, the validation loss of the inner run that gave the
+    hypergradients, is ignored by the rules that use only the hypergradients)."""
 
     def step(
-        self, schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]
+        self,
+        schedules: Mapping[str, Schedule],
+        hypergrads: Mapping[str, torch.Tensor],
+        val_loss: float | None = None,
     ) -> None:
         """Update the schedules from the hypergradients of their ``raw`` tensors."""
         raise NotImplementedError
 
     def validate(self, schedules: Mapping[str, Schedule]) -> None:
         """Raise before any inner run if the schedules cannot be updated (default: no check)."""
+
+    def shrink(self, factor: float) -> None:
+        """Multiply every step size, present and future, by ``factor`` (used by
+        :func:`~moopt.hypergrad.tune` to step back after an unroll diverged)."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, object]:
         """Internal state, for checkpoints."""
@@ -130,6 +145,11 @@ class SignStep(OuterOptimizer):
         self.decay = float(decay)
         self.gamma: dict[str, torch.Tensor] = {}
         self.previous_sign: dict[str, torch.Tensor] = {}
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
+        self.gamma = {name: gamma * factor for name, gamma in self.gamma.items()}
 
     def validate(self, schedules: Mapping[str, Schedule]) -> None:
         """Check that every schedule has an initial step (given, or from its search range)."""
@@ -138,14 +158,17 @@ class SignStep(OuterOptimizer):
                 _step_size_for(name, schedule, self.step_sizes, self.fraction)
 
     def step(
-        self, schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]
+        self,
+        schedules: Mapping[str, Schedule],
+        hypergrads: Mapping[str, torch.Tensor],
+        val_loss: float | None = None,
     ) -> None:
         _check_grads(schedules, hypergrads)
         for name, schedule in schedules.items():
             sign = torch.sign(hypergrads[name].detach()).to(schedule.raw)
             if name not in self.gamma:
                 size = _step_size_for(name, schedule, self.step_sizes, self.fraction)
-                self.gamma[name] = torch.full_like(schedule.raw, size)
+                self.gamma[name] = torch.full_like(schedule.raw, size * self.scale)
                 self.previous_sign[name] = torch.zeros_like(schedule.raw)
             gamma = self.gamma[name].to(schedule.raw)
             previous = self.previous_sign[name].to(schedule.raw)
@@ -161,11 +184,13 @@ class SignStep(OuterOptimizer):
         return {
             "gamma": {k: v.cpu().clone() for k, v in self.gamma.items()},
             "previous_sign": {k: v.cpu().clone() for k, v in self.previous_sign.items()},
+            "scale": self.scale,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.gamma = {k: v.clone() for k, v in state["gamma"].items()}
         self.previous_sign = {k: v.clone() for k, v in state["previous_sign"].items()}
+        self.scale = float(state.get("scale", 1.0))
 
 
 class AdamStep(OuterOptimizer):
@@ -197,14 +222,21 @@ class AdamStep(OuterOptimizer):
         self.count = 0
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
 
     def _lr(self, name: str) -> float:
         if isinstance(self.lr, Mapping):
-            return float(self.lr.get(name, 0.01))
-        return float(self.lr)
+            return self.scale * float(self.lr.get(name, 0.01))
+        return self.scale * float(self.lr)
 
     def step(
-        self, schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]
+        self,
+        schedules: Mapping[str, Schedule],
+        hypergrads: Mapping[str, torch.Tensor],
+        val_loss: float | None = None,
     ) -> None:
         _check_grads(schedules, hypergrads)
         self.count += 1
@@ -226,9 +258,112 @@ class AdamStep(OuterOptimizer):
             "count": self.count,
             "m": {k: v.cpu().clone() for k, v in self.m.items()},
             "v": {k: v.cpu().clone() for k, v in self.v.items()},
+            "scale": self.scale,
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.count = int(state["count"])
         self.m = {k: v.clone() for k, v in state["m"].items()}
         self.v = {k: v.clone() for k, v in state["v"].items()}
+        self.scale = float(state.get("scale", 1.0))
+
+
+class CuttingPlaneStep(OuterOptimizer):
+    """Bracket, then intersect tangents: a cutting-plane step for one scalar hyperparameter.
+
+    Every inner run gives a point ``(x_k, f_k, g_k)``: the raw value, the validation loss
+    and its hypergradient. Until the points bracket a minimum, the value moves by a sign
+    step from the best point so far, ``x ← x_best − γ·sign(g_best)`` (γ fixed: a
+    ``fraction`` of the search range, or ``step_size``). Once some point has ``g < 0``
+    (the loss falls to the right) and another to its right has ``g > 0``, the bracket is
+    ``[a, b]`` with ``a`` the rightmost point with ``g < 0`` left of ``b``, the leftmost
+    point with ``g > 0``, and the next value is where the two tangent lines meet,
+
+        x = (f_b − f_a + g_a·a − g_b·b) / (g_a − g_b),
+
+    the minimiser over ``[a, b]`` of the cutting-plane model ``max(f_a + g_a(x − a),
+    f_b + g_b(x − b))`` (Kelley, "The cutting-plane method for solving convex programs",
+    1960, restricted to the two cuts at the ends of the bracket). For a criterion shaped
+    like a V — the worse of two task losses, whose minimum is where they cross — with
+    nearly straight arms this lands next to the minimum in one step, where sign steps
+    halve their way there. If the intersection lies outside the bracket
+    (non-convex data), the midpoint is taken (bisection). Values are clamped into the
+    search range. A point whose hypergradient is exactly zero is kept where it is.
+
+    Meant for tight budgets of outer steps with exact (noise-free) hypergradients of a
+    single shared value (``Schedule(..., windows=1)`` with a scalar shape); for several
+    hyperparameters, windows or noisy hypergradients use :class:`SignStep`.
+
+    Args:
+        step_size: the sign step γ in raw space (default: ``fraction`` of the search range).
+        fraction: see ``step_size`` (default 0.1).
+    """
+
+    def __init__(self, step_size: float | None = None, *, fraction: float = 0.1) -> None:
+        if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+            raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
+        if step_size is not None and (
+            isinstance(step_size, bool) or not isinstance(step_size, (int, float))
+        ):
+            raise TypeError(f"step_size must be a number; got {type(step_size).__name__}")
+        self.step_size = step_size
+        self.fraction = float(fraction)
+        self.points: list[tuple[float, float, float]] = []
+        self.scale = 1.0
+
+    def shrink(self, factor: float) -> None:
+        self.scale *= factor
+
+    def validate(self, schedules: Mapping[str, Schedule]) -> None:
+        """Check that there is exactly one scalar hyperparameter and a step size for it."""
+        self._only(schedules)
+
+    def _only(self, schedules: Mapping[str, Schedule]) -> tuple[str, Schedule, float]:
+        if len(schedules) != 1 or next(iter(schedules.values())).numel != 1:
+            sizes = {name: s.numel for name, s in schedules.items()}
+            raise ValueError(
+                "CuttingPlaneStep tunes exactly one scalar hyperparameter (one schedule, "
+                f"one window); got {sizes} values. Use SignStep or AdamStep for more."
+            )
+        name, schedule = next(iter(schedules.items()))
+        size = _step_size_for(name, schedule, self.step_size, self.fraction)
+        return name, schedule, size * self.scale
+
+    def step(
+        self,
+        schedules: Mapping[str, Schedule],
+        hypergrads: Mapping[str, torch.Tensor],
+        val_loss: float | None = None,
+    ) -> None:
+        _check_grads(schedules, hypergrads)
+        name, schedule, gamma = self._only(schedules)
+        if val_loss is None or not math.isfinite(float(val_loss)):
+            raise ValueError(
+                "CuttingPlaneStep needs the finite validation loss of the run: "
+                f"step(schedules, hypergrads, val_loss=...) (got {val_loss!r}); tune passes it"
+            )
+        x = float(schedule.raw.reshape(()))
+        g = float(hypergrads[name].reshape(()))
+        self.points.append((x, float(val_loss), g))
+        schedule.raw = torch.full_like(schedule.raw, self._next(gamma))
+        schedule.project_()
+
+    def _next(self, gamma: float) -> float:
+        rising = [p for p in self.points if p[2] > 0]
+        b = min(rising, default=None)
+        falling = [p for p in self.points if p[2] < 0 and b is not None and p[0] < b[0]]
+        a = max(falling, default=None)
+        if a is not None and b is not None:
+            (xa, fa, ga), (xb, fb, gb) = a, b
+            x = (fb - fa + ga * xa - gb * xb) / (ga - gb)
+            return x if xa <= x <= xb else 0.5 * (xa + xb)
+        x, _, g = min(self.points, key=lambda p: p[1])
+        return x - gamma * math.copysign(1.0, g) if g != 0 else x
+
+    def state_dict(self) -> dict[str, object]:
+        points = torch.tensor(self.points, dtype=torch.float64).reshape(-1, 3)
+        return {"points": points, "scale": self.scale}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self.points = [tuple(row) for row in state["points"].tolist()]
+        self.scale = float(state.get("scale", 1.0))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.func import functional_call, grad_and_value
 
 from moopt.hypergrad.optim import InnerOptimizer
@@ -244,7 +245,10 @@ class InnerProblem:
                 _check_scalar(loss, "train_loss")
                 return loss
 
-            grads, loss = grad_and_value(loss_fn)(state["params"])
+            if _carries_dual_tangents(state["params"]):
+                grads, loss = _dual_grad_and_value(loss_fn, state["params"])
+            else:
+                grads, loss = grad_and_value(loss_fn)(state["params"])
             self.stop_tracking()
             if signs is not None:
                 grads = {key: grad * signs[key] for key, grad in grads.items()}
@@ -295,6 +299,45 @@ class InnerProblem:
                 "horizons."
             )
         return UnrollError(f"inner step {t} failed{where}: {type(error).__name__}: {text}.{hint}")
+
+
+def _carries_dual_tangents(params: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the step runs on dual tensors (the engine's single-column path,
+    ``torch.autograd.forward_ad``) outside any ``torch.func`` transform."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        return False
+    return all(forward_ad.unpack_dual(p).tangent is not None for p in params.values())
+
+
+def _dual_grad_and_value(
+    loss_fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor],
+    params: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``grad_and_value(loss_fn)(params)`` for dual-tensor ``params``, by ``torch.autograd``.
+
+    Forward-over-reverse: the backward pass runs on dual tensors, so the gradients carry
+    their tangents (the Hessian-vector product along the tangent). Two differences from
+    ``torch.func.grad_and_value`` make it cheaper: no functorch wrapping of every tensor,
+    and the backward seed is a dual tensor with a zero tangent, so that its products with
+    tangent-carrying tensors (e.g. with tuned loss weights) take the ordinary forward-mode
+    kernels instead of torch's slow path for a missing tangent.
+    """
+    with torch.enable_grad():
+        inputs = {}
+        for name, value in params.items():
+            primal, tangent = forward_ad.unpack_dual(value)
+            inputs[name] = forward_ad.make_dual(primal.detach().requires_grad_(), tangent)
+        loss = loss_fn(inputs)
+        value = forward_ad.unpack_dual(loss).primal
+        seed = forward_ad.make_dual(torch.ones_like(value), torch.zeros_like(value))
+        grads = torch.autograd.grad(
+            loss,
+            list(inputs.values()),
+            grad_outputs=seed,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+    return dict(zip(inputs, grads)), loss
 
 
 @contextmanager

@@ -8,10 +8,22 @@ saves everything needed to resume after every outer step. A resumed run continue
 where it stopped: the schedules, the outer optimizer's state, the history and the global
 random number generators (torch, CUDA, numpy, random) are restored, so that an objective
 that is deterministic given ``k`` and the global RNGs gives the same trajectory.
+
+An outer step can land where the unroll diverges: the inner run blows up, or it stays
+finite but is so sensitive to the hyperparameters that its tangents overflow (training
+at the edge of stability; the larger the learning rate and the longer the horizon, the
+likelier). Such a run raises :class:`~moopt.hypergrad.engine.UnrollDiverged`, and by
+default ``tune`` then steps back: it returns to the values of the best finished run so
+far (lowest validation loss) and repeats the outer update made from them with every step
+size halved (a backtracking line search on the outer step). Going back to the best run
+rather than the last one matters near the edge of stability, where the last finished
+run may itself sit next to the cliff. The diverged run counts as an outer step
+(it cost a run) and is recorded with a NaN validation loss.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -22,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moopt.hypergrad.engine import HypergradResult
+from moopt.hypergrad.engine import HypergradResult, UnrollDiverged
 from moopt.hypergrad.outer import OuterOptimizer, SignStep
 from moopt.hypergrad.schedule import Schedule
 
@@ -39,6 +51,8 @@ class History:
         hypergrads: ``{name: [hypergradient of raw at outer step k]}``.
         final_values: ``{name: window values after the last outer update}``.
         window_of: ``{name: window index of every inner step}`` (to draw schedules).
+        diverged: ``{outer step: message}`` for the steps whose unroll diverged (their
+            validation loss and hypergradients are recorded as NaN).
     """
 
     values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -46,6 +60,7 @@ class History:
     hypergrads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     final_values: dict[str, torch.Tensor] = field(default_factory=dict)
     window_of: dict[str, torch.Tensor] = field(default_factory=dict)
+    diverged: dict[int, str] = field(default_factory=dict)
 
     @property
     def outer_steps(self) -> int:
@@ -53,18 +68,33 @@ class History:
         return len(self.val_losses)
 
     def best_step(self) -> int:
-        """Outer step with the lowest validation loss."""
-        if not self.val_losses:
-            raise ValueError("the history is empty")
-        return int(np.argmin(self.val_losses))
+        """Outer step with the lowest validation loss (diverged steps left out)."""
+        if len(self.diverged) == len(self.val_losses):
+            raise ValueError("the history holds no finished outer step")
+        return int(np.nanargmin(self.val_losses))
 
     def record(self, schedules: Mapping[str, Schedule], result: HypergradResult) -> None:
         """Append the values of ``schedules`` (before their update) and ``result``."""
+        hypergrads = {name: result.hypergrads[name] for name in schedules}
+        self._append(schedules, hypergrads, float(result.val_loss))
+
+    def record_diverged(self, schedules: Mapping[str, Schedule], error: Exception) -> None:
+        """Append the values of ``schedules`` whose unroll diverged, with NaN results."""
+        self.diverged[self.outer_steps] = str(error)
+        nan = {name: torch.full_like(s.raw, math.nan) for name, s in schedules.items()}
+        self._append(schedules, nan, math.nan)
+
+    def _append(
+        self,
+        schedules: Mapping[str, Schedule],
+        hypergrads: Mapping[str, torch.Tensor],
+        val_loss: float,
+    ) -> None:
         for name, schedule in schedules.items():
             self.values.setdefault(name, []).append(schedule.values().cpu().clone())
-            self.hypergrads.setdefault(name, []).append(result.hypergrads[name].cpu().clone())
+            self.hypergrads.setdefault(name, []).append(hypergrads[name].cpu().clone())
             self.window_of[name] = schedule.window_of.clone()
-        self.val_losses.append(float(result.val_loss))
+        self.val_losses.append(val_loss)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers of tensors and floats (for ``torch.save``)."""
@@ -74,6 +104,7 @@ class History:
             "hypergrads": self.hypergrads,
             "final_values": self.final_values,
             "window_of": self.window_of,
+            "diverged": self.diverged,
         }
 
     @classmethod
@@ -85,6 +116,7 @@ class History:
             hypergrads={k: list(v) for k, v in state["hypergrads"].items()},
             final_values=dict(state["final_values"]),
             window_of=dict(state["window_of"]),
+            diverged={int(k): str(v) for k, v in state.get("diverged", {}).items()},
         )
 
     def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None):
@@ -144,12 +176,14 @@ def tune(
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
     callback: Callable[[int, HypergradResult, History], None] | None = None,
+    on_diverge: str = "backtrack",
 ) -> History:
     """Run ``outer_steps`` outer steps of hypergradient-based tuning.
 
     Each outer step ``k``: ``result = objective(k)`` (a full inner run; it must return the
     hypergradients of every schedule in ``schedules``, e.g. ``fds_hypergradients(...,
-    hypers=...)``), record it, then ``outer.step(schedules, result.hypergrads)``, then save
+    hypers=...)``), record it, then ``outer.step(schedules, result.hypergrads,
+    val_loss=...)``, then save
     the checkpoint, then ``callback(k, result, history)``.
 
     Args:
@@ -160,7 +194,15 @@ def tune(
         checkpoint: file to save to after every outer step; if it exists, the run resumes
             from it (the schedules and ``outer`` are overwritten with the saved state).
         progress: show a tqdm progress bar over the outer steps.
-        callback: called after each outer step (e.g. to log).
+        callback: called after each outer step whose run finished (e.g. to log); not
+            called for a diverged one.
+        on_diverge: what to do when an inner run raises
+            :class:`~moopt.hypergrad.engine.UnrollDiverged`: ``"backtrack"`` (default: go
+            back to the values of the best finished run and redo the update made from
+            them with the outer step sizes halved, see the module docstring) or
+            ``"raise"``. A run
+            that diverges at the very first values is always raised: there is nothing
+            to go back to.
 
     Returns:
         the :class:`History` of all outer steps (resumed ones included).
@@ -179,10 +221,13 @@ def tune(
     outer = SignStep() if outer is None else outer
     if not isinstance(outer, OuterOptimizer):
         raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
+    if on_diverge not in ("backtrack", "raise"):
+        raise ValueError(f"on_diverge must be 'backtrack' or 'raise'; got {on_diverge!r}")
     outer.validate(schedules)
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
     start = 0
+    best_good: dict[str, Any] | None = None
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
         if sorted(saved["schedules"]) != sorted(schedules):
@@ -195,17 +240,28 @@ def tune(
         outer.load_state_dict(saved["outer"])
         history = History.from_state_dict(saved["history"])
         start = int(saved["next_step"])
+        best_good = saved.get("best_good")
         _set_rng_state(saved["rng"])
     bar = _progress(outer_steps, min(start, outer_steps), progress)
     try:
         for k in range(start, outer_steps):
-            result = objective(k)
-            if not isinstance(result, HypergradResult):
-                raise TypeError(
-                    f"objective must return a HypergradResult; got {type(result).__name__}"
-                )
-            history.record(schedules, result)
-            outer.step(schedules, result.hypergrads)
+            try:
+                result = objective(k)
+            except UnrollDiverged as error:
+                if on_diverge == "raise" or best_good is None:
+                    raise
+                history.record_diverged(schedules, error)
+                result = None
+                _step_back(schedules, outer, best_good)
+            else:
+                if not isinstance(result, HypergradResult):
+                    raise TypeError(
+                        f"objective must return a HypergradResult; got {type(result).__name__}"
+                    )
+                history.record(schedules, result)
+                if best_good is None or float(result.val_loss) < best_good["val_loss"]:
+                    best_good = _snapshot(schedules, outer, result)
+                outer.step(schedules, result.hypergrads, val_loss=float(result.val_loss))
             history.final_values = {n: s.values().cpu().clone() for n, s in schedules.items()}
             if path is not None:
                 _save(
@@ -216,14 +272,42 @@ def tune(
                         "outer": outer.state_dict(),
                         "history": history.state_dict(),
                         "rng": _rng_state(),
+                        "best_good": best_good,
                     },
                 )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(val_loss=f"{history.val_losses[-1]:.4g}")
-            if callback is not None:
+            if callback is not None and result is not None:
                 callback(k, result, history)
     finally:
         if bar is not None:
             bar.close()
     return history
+
+
+def _snapshot(
+    schedules: Mapping[str, Schedule], outer: OuterOptimizer, result: HypergradResult
+) -> dict[str, Any]:
+    """What :func:`_step_back` needs to redo the outer update that follows ``result``: the
+    raw values and the outer optimizer's state before it, and its inputs."""
+    return {
+        "raw": {name: s.raw.detach().cpu().clone() for name, s in schedules.items()},
+        "outer": outer.state_dict(),
+        "hypergrads": {name: result.hypergrads[name].detach().cpu().clone() for name in schedules},
+        "val_loss": float(result.val_loss),
+    }
+
+
+def _step_back(
+    schedules: Mapping[str, Schedule], outer: OuterOptimizer, snapshot: dict[str, Any]
+) -> None:
+    """Return to the values of ``snapshot`` and redo its outer update with half the step
+    sizes; ``snapshot`` keeps the halved optimizer, so a second divergence halves again."""
+    for name, schedule in schedules.items():
+        schedule.raw = snapshot["raw"][name].to(schedule.raw).clone()
+    outer.load_state_dict(snapshot["outer"])
+    outer.shrink(0.5)
+    snapshot["outer"] = outer.state_dict()
+    hypergrads = {name: g.to(schedules[name].raw) for name, g in snapshot["hypergrads"].items()}
+    outer.step(schedules, hypergrads, val_loss=snapshot["val_loss"])

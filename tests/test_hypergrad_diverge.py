@@ -1,0 +1,143 @@
+"""tune steps back from outer steps whose unroll diverges (UnrollDiverged)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from moopt.hypergrad import (
+    SGD,
+    AdamStep,
+    CuttingPlaneStep,
+    HypergradResult,
+    Schedule,
+    SignStep,
+    UnrollDiverged,
+    fds_hypergradients,
+    tune,
+)
+
+DT = torch.float64
+LIMIT = 0.6  # the fake unroll diverges above this value
+
+
+def _cliff(calls: list[float]):
+    """A value in [0, 1] whose validation loss (1 − x)² falls up to a cliff at LIMIT,
+    beyond which the unroll diverges."""
+    schedule = Schedule(0.3, steps=4, bounds=(0.0, 1.0), dtype=DT)
+
+    def objective(k: int) -> HypergradResult:
+        x = float(schedule.values().reshape(()))
+        calls.append(x)
+        if x > LIMIT + 1e-12:
+            raise UnrollDiverged(f"diverged at {x}", step=2, where="tangents")
+        grad = torch.full_like(schedule.raw, -2 * (1 - x))
+        loss = torch.tensor((1 - x) ** 2, dtype=DT)
+        return HypergradResult(loss, {"x": grad}, {"x": grad}, state=None)
+
+    return objective, {"x": schedule}
+
+
+def test_sign_step_backtracks_with_half_the_step_and_never_passes_the_cliff():
+    calls: list[float] = []
+    objective, schedules = _cliff(calls)
+    history = tune(objective, schedules, 7, outer=SignStep(fraction=0.4), progress=False)
+    # 0.3 → 0.7 diverges → 0.3 + 0.2 → 0.7 diverges → 0.5 + 0.1 → 0.7 diverges → 0.6 + 0.05
+    expected = [0.3, 0.7, 0.5, 0.7, 0.6, 0.7, 0.65]
+    assert calls == pytest.approx(expected)
+    assert sorted(history.diverged) == [1, 3, 5, 6]
+    assert all("diverged at" in message for message in history.diverged.values())
+    assert math.isnan(history.val_losses[1]) and history.val_losses[0] == pytest.approx(0.49)
+    assert torch.isnan(history.hypergrads["x"][1]).all()
+    assert history.best_step() == 4  # x = 0.6, the best finished run
+    assert float(schedules["x"].values().reshape(())) == pytest.approx(0.625)
+
+
+def test_steps_back_to_the_best_finished_run_not_the_last():
+    schedule = Schedule(0.3, steps=4, bounds=(0.0, 1.0), dtype=DT)
+    calls: list[float] = []
+
+    def objective(k: int) -> HypergradResult:  # loss grows with x, hypergradient misleads
+        x = float(schedule.values().reshape(()))
+        calls.append(x)
+        if x > 0.9 + 1e-12:
+            raise UnrollDiverged(f"diverged at {x}", step=0, where="state")
+        grad = torch.full_like(schedule.raw, -1.0)
+        return HypergradResult(torch.tensor(1 + x, dtype=DT), {"x": grad}, {"x": grad}, None)
+
+    history = tune(objective, {"x": schedule}, 6, outer=SignStep(0.4), progress=False)
+    # 0.3 (best) → 0.7 (worse) → 1.0 diverges → back to 0.3 with 0.2 → 0.5 → 0.7 → 0.9
+    assert calls == pytest.approx([0.3, 0.7, 1.0, 0.5, 0.7, 0.9])
+    assert list(history.diverged) == [2] and history.best_step() == 0
+
+
+def test_adam_and_cutting_plane_steps_also_step_back():
+    for outer in (AdamStep(lr=0.5), CuttingPlaneStep(fraction=0.5)):
+        calls: list[float] = []
+        objective, schedules = _cliff(calls)
+        history = tune(objective, schedules, 4, outer=outer, progress=False)
+        assert calls[0] == pytest.approx(0.3) and calls[1] == pytest.approx(0.8)
+        assert calls[2] == pytest.approx(0.55), type(outer).__name__  # half of the step
+        assert 1 in history.diverged and 2 not in history.diverged
+
+
+def test_on_diverge_raise_and_a_first_run_that_diverges_raise():
+    calls: list[float] = []
+    objective, schedules = _cliff(calls)
+    with pytest.raises(UnrollDiverged, match="diverged at 0.7"):
+        tune(objective, schedules, 3, outer=SignStep(0.4), progress=False, on_diverge="raise")
+    objective, schedules = _cliff(calls)
+    schedules["x"].set_values(torch.tensor([0.9], dtype=DT))
+    with pytest.raises(UnrollDiverged):
+        tune(objective, schedules, 3, outer=SignStep(0.4), progress=False)
+    with pytest.raises(ValueError, match="on_diverge"):
+        tune(objective, schedules, 3, progress=False, on_diverge="ignore")
+
+
+def test_backtracking_survives_a_resume(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_at(k, result, history):
+        if k == 2:
+            raise Stop
+
+    calls: list[float] = []
+    objective, schedules = _cliff(calls)
+    full = tune(objective, schedules, 7, outer=SignStep(fraction=0.4), progress=False)
+    path = tmp_path / "run.pt"
+    objective, schedules = _cliff([])
+    with pytest.raises(Stop):
+        tune(
+            objective,
+            schedules,
+            7,
+            outer=SignStep(fraction=0.4),
+            checkpoint=path,
+            progress=False,
+            callback=stop_at,
+        )
+    objective, schedules = _cliff([])
+    resumed = tune(
+        objective, schedules, 7, outer=SignStep(fraction=0.4), checkpoint=path, progress=False
+    )
+    assert resumed.diverged.keys() == full.diverged.keys()
+    assert [float(v) for v in resumed.values["x"]] == [float(v) for v in full.values["x"]]
+
+
+def test_a_real_unroll_that_blows_up_raises_unroll_diverged():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    x, y = torch.randn(16, 3, dtype=DT) * 10, torch.randn(16, 1, dtype=DT)
+
+    def train_loss(model_fn, batch, hypers):
+        return ((model_fn(x) - y) ** 2).mean()
+
+    def val_loss(model_fn):
+        return ((model_fn(x) - y) ** 2).mean()
+
+    lr = Schedule(5.0, steps=400, bounds=(0.0, 10.0), dtype=DT)
+    with pytest.raises(UnrollDiverged) as caught:
+        fds_hypergradients(model, train_loss, val_loss, SGD(lr=lr), lambda t: None)
+    assert caught.value.where in ("loss", "state", "tangents") and caught.value.step < 400
