@@ -5,6 +5,7 @@ finite differences of an independent ``torch.optim`` loop, as the batched path's
 
 import pytest
 import torch
+from tiny_mlp import tiny_mlp_setup
 from torch import nn
 
 import moopt
@@ -16,16 +17,7 @@ DT = torch.float64
 
 
 def _setup(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=DT))
-    x = torch.randn(T, 8, 4, generator=gen, dtype=DT)
-    y = torch.randn(T, 8, 3, generator=gen, dtype=DT)
-    x_val = torch.randn(32, 4, generator=gen, dtype=DT)
-    y_val = torch.randn(32, 3, generator=gen, dtype=DT)
-    return model, (x, y), (x_val, y_val)
+    return tiny_mlp_setup(T, seed)
 
 
 def _losses(out, y):
