@@ -290,6 +290,9 @@ class CuttingPlaneStep(OuterOptimizer):
     (non-convex data), the midpoint is taken (bisection). Values are clamped into the
     search range. A point whose hypergradient is exactly zero is kept where it is.
 
+    :meth:`shrink` (used by :func:`~moopt.hypergrad.tune` after a diverged run) scales
+    the sign steps only: inside a bracket the next value lies between two finished runs.
+
     Meant for tight budgets of outer steps with exact (noise-free) hypergradients of a
     single shared value (``Schedule(..., windows=1)`` with a scalar shape); for several
     hyperparameters, windows or noisy hypergradients use :class:`SignStep`.
