@@ -10,6 +10,7 @@ from moopt.hypergrad import (
     SGD,
     AdamStep,
     CuttingPlaneStep,
+    History,
     HypergradResult,
     Schedule,
     SignStep,
@@ -52,6 +53,16 @@ def test_sign_step_backtracks_with_half_the_step_and_never_passes_the_cliff():
     assert torch.isnan(history.hypergrads["x"][1]).all()
     assert history.best_step() == 4  # x = 0.6, the best finished run
     assert float(schedules["x"].values().reshape(())) == pytest.approx(0.625)
+    assert History.from_state_dict(history.state_dict()).diverged == history.diverged
+
+
+def test_a_history_with_diverged_steps_still_plots(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    objective, schedules = _cliff([])
+    history = tune(objective, schedules, 4, outer=SignStep(fraction=0.4), progress=False)
+    assert history.diverged
+    history.plot(tmp_path / "schedules.png")
+    assert (tmp_path / "schedules.png").stat().st_size > 0
 
 
 def test_steps_back_to_the_best_finished_run_not_the_last():
