@@ -47,6 +47,7 @@ Layers:
 * :mod:`~moopt.hypergrad.engine` — :func:`forward_unroll` on pure functions
   ``step(state, hypers_t, batch) -> state`` and ``val(state) -> scalar``.
 * :mod:`~moopt.hypergrad.fds` — :func:`fds_hypergradients` for an ``nn.Module``.
+* :mod:`~moopt.hypergrad.losses` — :func:`cross_entropy` without the slow forward-mode path.
 * :mod:`~moopt.hypergrad.reverse` — reverse-mode baseline :func:`reverse_unroll`,
   :func:`reverse_hypergradients` (memory linear in T; for checks and short horizons).
 * :mod:`~moopt.hypergrad.outer` — :class:`SignStep` (FDS Appendix G), :class:`AdamStep`,
@@ -84,8 +85,8 @@ set ``torch.set_num_threads`` to the cores you really have (oversubscribed threa
 batched tangents down by an order of magnitude). A single tuned value (N = 1) runs as
 ``torch.autograd.forward_ad`` dual tensors instead (about 2.3 plain training steps per
 step on the digits MLP, see BENCHMARKS.md). In torch 2.13, ``F.cross_entropy``'s backward
-has no forward-mode formula and runs a Python decomposition under FDS; writing the loss
-as ``logits.logsumexp(1) - logits.gather(1, y[:, None]).squeeze(1)`` avoids it.
+has no forward-mode formula and runs a Python decomposition under FDS;
+:func:`~moopt.hypergrad.losses.cross_entropy` computes the same value without it.
 """
 
 from moopt.hypergrad.engine import (
@@ -97,6 +98,7 @@ from moopt.hypergrad.engine import (
 )
 from moopt.hypergrad.fds import fds_hypergradients
 from moopt.hypergrad.hd import SGDHD, AdamHD
+from moopt.hypergrad.losses import cross_entropy
 from moopt.hypergrad.noisy_quadratic import NoisyQuadratic, greedy_schedule, greedy_step
 from moopt.hypergrad.optim import SGD, Adam, AdamW, InnerOptimizer, adam, sgd
 from moopt.hypergrad.outer import AdamStep, CuttingPlaneStep, OuterOptimizer, SignStep
@@ -127,6 +129,7 @@ __all__ = [
     "UnrollError",
     "adam",
     "check_forward_mode_compatible",
+    "cross_entropy",
     "fds_hypergradients",
     "forward_unroll",
     "greedy_schedule",
