@@ -188,7 +188,8 @@ class InnerOptimizer:
         return {n: v for n, v in self.hypers.items() if isinstance(v, Schedule)}
 
     def resolve(self, values: Mapping[str, HyperValue]) -> dict[str, HyperValue]:
-        """Per-step values: ``values[name]`` for tuned ones, the fixed number otherwise."""
+        """Per-step values: ``values[name]`` for tuned ones, the fixed number otherwise;
+        keyed by ``hyper_names``, which are the keyword arguments of the update function."""
         out: dict[str, HyperValue] = {}
         for name, value in self.hypers.items():
             if isinstance(value, Schedule):
@@ -262,15 +263,11 @@ class SGD(InnerOptimizer):
         grads: Mapping[str, torch.Tensor],
         values: Mapping[str, HyperValue],
     ) -> tuple[Tensors, dict[str, object]]:
-        h = self.resolve(values)
         return sgd(
             params,
             state,
             grads,
-            lr=h["lr"],
-            momentum=h["momentum"],
-            dampening=h["dampening"],
-            weight_decay=h["weight_decay"],
+            **self.resolve(values),
             nesterov=self.nesterov,
             use_momentum=self.use_momentum,
         )
@@ -326,16 +323,11 @@ class Adam(InnerOptimizer):
         grads: Mapping[str, torch.Tensor],
         values: Mapping[str, HyperValue],
     ) -> tuple[Tensors, dict[str, object]]:
-        h = self.resolve(values)
         return adam(
             params,
             state,
             grads,
-            lr=h["lr"],
-            beta1=h["beta1"],
-            beta2=h["beta2"],
-            eps=h["eps"],
-            weight_decay=h["weight_decay"],
+            **self.resolve(values),
             decoupled=self.decoupled,
             amsgrad=self.amsgrad,
         )
