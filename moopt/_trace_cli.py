@@ -184,8 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["damping"] = MULTIDIGITS_DAMPING
     if args.damping is not None:
         options["damping"] = args.damping
-    if args.epsilon_spacing != "even":
-        options["epsilon_spacing"] = args.epsilon_spacing
     with _executor(args.workers, args.dask) as executor:
         front = trace(
             target,
@@ -194,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=args.seeds,
             executor=executor,
             store=os.path.join(out, "store"),
+            epsilon_spacing=args.epsilon_spacing,
             **options,
         )
     front.save(os.path.join(out, "front.json"))
