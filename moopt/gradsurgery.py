@@ -430,7 +430,20 @@ class AlignedMTL(_Gramian):
         return balance @ pref
 
 
-class UPGrad(_Gramian):
+class _DualCone(_Gramian):
+    """A weighting built on dual-cone projections with a preference vector ``pref``
+    (default ``1/K``): the shared constructor of :class:`UPGrad` and :class:`DualProj`."""
+
+    def __init__(self, pref: object = None, n_tasks: int | None = None) -> None:
+        super().__init__(n_tasks)
+        self.pref = _preference(pref)
+
+    def _pref_for(self, gramian: torch.Tensor) -> torch.Tensor:
+        n = gramian.shape[0]
+        return _resolve_preference(self.pref, n, gramian, 1.0 / n)
+
+
+class UPGrad(_DualCone):
     r"""UPGrad, "Jacobian Descent for Multi-Objective Optimization" (Quinton & Rey, 2024).
 
     Each gradient is projected onto the dual cone ``C = {x : J x ≥ 0}`` and the projections
@@ -450,17 +463,11 @@ class UPGrad(_Gramian):
         n_tasks: expected K, or ``None``.
     """
 
-    def __init__(self, pref: object = None, n_tasks: int | None = None) -> None:
-        super().__init__(n_tasks)
-        self.pref = _preference(pref)
-
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        n = gramian.shape[0]
-        pref = _resolve_preference(self.pref, n, gramian, 1.0 / n)
-        return _solvers.dual_cone_weights(gramian, torch.diag(pref)).sum(dim=1)
+        return _solvers.dual_cone_weights(gramian, torch.diag(self._pref_for(gramian))).sum(1)
 
 
-class DualProj(_Gramian):
+class DualProj(_DualCone):
     r"""DualProj: the preference-weighted gradient projected onto the dual cone.
 
     Quinton & Rey (2024) after Gradient Episodic Memory (Lopez-Paz & Ranzato, 2017,
@@ -473,14 +480,9 @@ class DualProj(_Gramian):
         n_tasks: expected K, or ``None``.
     """
 
-    def __init__(self, pref: object = None, n_tasks: int | None = None) -> None:
-        super().__init__(n_tasks)
-        self.pref = _preference(pref)
-
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        n = gramian.shape[0]
-        pref = _resolve_preference(self.pref, n, gramian, 1.0 / n)
-        return _solvers.dual_cone_weights(gramian, pref.unsqueeze(1)).squeeze(1)
+        pref = self._pref_for(gramian).unsqueeze(1)
+        return _solvers.dual_cone_weights(gramian, pref).squeeze(1)
 
 
 class GradVac(_Gramian):
