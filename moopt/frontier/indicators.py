@@ -74,17 +74,18 @@ def _normalised(points: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, 
 
 def igd(points: object, reference: object, normalize: bool = False) -> float:
     """Inverted generational distance of ``points`` to the ``reference`` front."""
-    array = _as_points(points, "points")
-    ref = _as_points(reference, "reference", array.shape[1])
-    if normalize:
-        array, ref = _normalised(array, ref)
-    return float(_moocore().igd(array, ref=ref))
+    return _distance_to_front("igd", points, reference, normalize)
 
 
 def igd_plus(points: object, reference: object, normalize: bool = False) -> float:
     """IGD+ of ``points`` to the ``reference`` front."""
+    return _distance_to_front("igd_plus", points, reference, normalize)
+
+
+def _distance_to_front(indicator: str, points: object, reference: object, normalize: bool) -> float:
+    """moocore's ``indicator`` (``"igd"`` or ``"igd_plus"``) of ``points`` to ``reference``."""
     array = _as_points(points, "points")
     ref = _as_points(reference, "reference", array.shape[1])
     if normalize:
         array, ref = _normalised(array, ref)
-    return float(_moocore().igd_plus(array, ref=ref))
+    return float(getattr(_moocore(), indicator)(array, ref=ref))
