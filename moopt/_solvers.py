@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from moopt import _two_tasks
+
 
 def default_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of the solvers: ``eps^(2/3)`` of ``dtype``.
@@ -249,7 +251,7 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
     KKT conditions: ``(G w)_j ≥ ν`` for every j with equality on the support of ``w``, where
     ``ν = wᵀ G w``. An exact solve of the bordered system ``[G_FF 1; 1ᵀ 0][w; −ν] = [0; 1]``
     on the candidate support F (all tasks first) is checked against the KKT conditions
-    (K = 2 has a closed form);
+    (K = 2 has a closed form, :func:`moopt._two_tasks.min_norm`);
     when it fails, projected accelerated gradient on the simplex refines the support and the
     exact solve is retried every 25 iterations.
 
@@ -258,12 +260,12 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
     """
     tol = default_tolerance(gramian.dtype) if tol is None else tol
     n_tasks = gramian.shape[0]
+    if n_tasks == 2:
+        return _two_tasks.min_norm(gramian)
     scale = gramian_scale(gramian)
     uniform = torch.full((n_tasks,), 1.0 / n_tasks, dtype=gramian.dtype, device=gramian.device)
     if float(scale) == 0.0:
         return uniform
-    if n_tasks == 2:
-        return _min_norm_of_two(gramian / scale)
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         step = None
@@ -296,15 +298,6 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
     if not gramian.requires_grad:
         return solution
     return with_implicit_derivative(solution, _min_norm_on_support(gramian / scale, support))
-
-
-def _min_norm_of_two(gramian: torch.Tensor) -> torch.Tensor:
-    """Closed form for K = 2: ``γ = clip((G22 − G12) / (G11 + G22 − 2 G12), 0, 1)``."""
-    curvature = gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1]
-    if float(curvature.detach()) <= 0:
-        return torch.full((2,), 0.5, dtype=gramian.dtype, device=gramian.device)
-    gamma = ((gramian[1, 1] - gramian[0, 1]) / curvature).clamp(0.0, 1.0)
-    return torch.stack([gamma, 1.0 - gamma])
 
 
 def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
