@@ -369,8 +369,8 @@ def cagrad_dual(
     Armijo backtracking on F and checked against the full KKT conditions. When the
     optimum is ``g_w = 0`` (``r ≥ ‖g0‖`` and 0 in the convex hull of the gradients:
     Pareto-stationary), ``λ`` is infinite and zero weights are returned, as TorchJD does
-    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2 an interior optimum is
-    computed in closed form first (:func:`_cagrad_interior_of_two`).
+    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2, CAGrad calls the closed
+    forms of :func:`moopt._two_tasks.cagrad` first.
 
     Raises:
         RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
@@ -380,10 +380,6 @@ def cagrad_dual(
     scale = gramian_scale(gramian)
     if float(scale) == 0.0 or float(radius.detach()) == 0.0:
         return anchor.clone()
-    if n_tasks == 2:
-        interior = _cagrad_interior_of_two(gramian / scale, anchor, radius / scale.sqrt(), tol)
-        if interior is not None:
-            return interior
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         r_hat = float(radius.detach()) / float(scale) ** 0.5
@@ -485,40 +481,6 @@ def _cagrad_on_support(
     return best, best_violation
 
 
-def _cagrad_interior_of_two(
-    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor, tol: float
-) -> torch.Tensor | None:
-    """CAGrad's weights ``b + λ w`` for K = 2 in closed form when ``w`` is interior, else None.
-
-    With ``w = (γ, 1 − γ)``: ``‖Jᵀw‖² = ((Aγ + B)² + Δ)/A`` where ``A = ‖g1 − g2‖²``,
-    ``B = G12 − G22`` and ``Δ = G11 G22 − G12²``, and the derivative of the dual objective
-    vanishes where ``(Aγ + B)/sqrt((Aγ + B)² + Δ) = τ = ((Gb)_2 − (Gb)_1)/(r sqrt(A))``:
-    ``γ = (τ sqrt(Δ/(1 − τ²)) − B)/A`` and ``λ = r/‖Jᵀw‖ = r sqrt(A (1 − τ²)/Δ)``.
-    Used only when ``A``, ``Δ`` and ``1 − τ²`` are clearly positive and ``γ`` lies inside
-    ``(0, 1)`` (by more than ``tol``); otherwise (an optimum on a vertex, colinear or equal
-    gradients) the general solver runs. Differentiable in ``G`` and ``r``.
-    """
-    first, second = gramian[0, 0], gramian[1, 1]
-    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
-    curvature = first + second - 2.0 * cross
-    determinant = first * second - cross * cross
-    if not (
-        float(curvature.detach()) > tol * float((first + second).detach())
-        and float(determinant.detach()) > tol * float((first * second).detach())
-    ):
-        return None
-    linear = gramian @ b
-    tau = (linear[1] - linear[0]) / (r * curvature.sqrt())
-    room = 1.0 - tau * tau
-    if not float(room.detach()) > tol:
-        return None
-    gamma = (tau * (determinant / room).sqrt() - (cross - second)) / curvature
-    if not tol < float(gamma.detach()) < 1.0 - tol:
-        return None
-    scale = r * (curvature * room / determinant).sqrt()
-    return b + scale * torch.stack([gamma, 1.0 - gamma])
-
-
 def _detached(values: tuple) -> tuple:
     """Detach every tensor of a tuple."""
     return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
@@ -546,7 +508,7 @@ def power_root(
     backtracking on the objective, or a decrease of the residual where round-off hides
     the objective's decrease; kept positive) from the solution for a diagonal Gramian.
     A final Newton step with autograd gives the implicit derivative in ``G``. For K = 2
-    and α = 1 the root has a closed form (:func:`_power_root_of_two`), used instead.
+    and α = 1 the root has a closed form (:func:`moopt._two_tasks.power_root`), used instead.
 
     Raises:
         ValueError: when some task's gradient is zero (no positive solution exists).
@@ -561,7 +523,7 @@ def power_root(
             f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
         )
     if alpha == 1.0 and gramian.shape[0] == 2:
-        return _power_root_of_two(gramian, tol)
+        return _two_tasks.power_root(gramian, tol)
     exponent = -1.0 / alpha
 
     def residual(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -617,28 +579,3 @@ def power_root(
         return w
     hessian = gramian + torch.diag(-exponent * w.pow(exponent - 1.0))
     return w - torch.linalg.solve(hessian, residual(gramian, w))
-
-
-def _power_root_of_two(gramian: torch.Tensor, tol: float) -> torch.Tensor:
-    """The positive root of ``G w = 1/w`` for K = 2, in closed form (differentiable).
-
-    Multiplying each equation by its ``w_k`` gives ``G11 w1² = G22 w2²``, so with
-    ``r = sqrt(G11/G22)``: ``w2 = r w1`` and ``w1 = 1/sqrt(G11 + G12 r)``, with ``G12`` the
-    mean of the two off-diagonal entries. A positive root exists iff
-    ``sqrt(G11 G22) + G12 > 0`` (the gradients are not opposite); within ``tol`` of zero
-    (relative to ``sqrt(G11 G22)``) it is refused, as Newton's method would fail there.
-
-    Raises:
-        RuntimeError: when the two gradients are opposite to within ``tol``.
-    """
-    first, second = gramian[0, 0], gramian[1, 1]
-    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
-    geometric = (first * second).sqrt()
-    if float((geometric + cross).detach()) <= tol * float(geometric.detach()):
-        raise RuntimeError(
-            "G w = w^(-1/alpha) has no positive solution to tolerance "
-            f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"
-        )
-    ratio = (first / second).sqrt()
-    weight = (first + cross * ratio).rsqrt()
-    return torch.stack([weight, ratio * weight])

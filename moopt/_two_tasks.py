@@ -57,6 +57,11 @@ def sqrt(value: Scalar) -> Scalar:
     return math.sqrt(max(value, 0.0))
 
 
+def value(scalar: Scalar) -> float:
+    """The float value of a scalar (for a branch)."""
+    return float(scalar.detach()) if isinstance(scalar, torch.Tensor) else scalar
+
+
 def eigenvalues(floats: Sequence[float]) -> tuple[float, float]:
     """``(λ_min, λ_max)`` of the symmetric part of a 2×2 matrix, in float64.
 
@@ -219,18 +224,87 @@ def gradvac(
     task i adds ``n_i (φ̂_ij sqrt(1 − φ²) − φ sqrt(1 − φ̂_ij²))/(n_j sqrt(1 − φ̂_ij²) + ε)``
     of ``g_j`` when ``φ < φ̂_ij``; the targets become ``(1 − β) φ̂_ij + β φ``.
     """
-    floats, (a, b, c, d) = pair_entries(gramian)
-    norms, float_norms = (sqrt(a), sqrt(d)), (sqrt(floats[0]), sqrt(floats[3]))
-    weights = [1.0, 1.0]
+    _, (a, b, c, d) = pair_entries(gramian)
+    norms = (sqrt(a), sqrt(d))
+    weights: list[Scalar] = [1.0, 1.0]
     new_targets = []
-    for i, j, inner, float_inner in ((0, 1, b, floats[1]), (1, 0, c, floats[2])):
+    for i, j, inner in ((0, 1, b), (1, 0, c)):
         goal = targets[i]
-        float_cosine = float_inner / (float_norms[i] * float_norms[j] + eps)
-        new_targets.append((1.0 - beta) * goal + beta * float_cosine)
-        if not float_cosine < goal:
-            continue
         cosine = inner / (norms[i] * norms[j] + eps)
+        new_targets.append((1.0 - beta) * goal + beta * value(cosine))
+        if not value(cosine) < goal:
+            continue
         root_goal = math.sqrt(max(1.0 - goal * goal, 0.0))
         shift = norms[i] * (goal * sqrt(1.0 - cosine * cosine) - cosine * root_goal)
         weights[j] = weights[j] + shift / (norms[j] * root_goal + eps)
     return pair_vector(*weights, gramian), (new_targets[0], new_targets[1])
+
+
+def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
+    """The positive root of ``G w = 1/w`` for K = 2 (Nash-MTL; FairGrad with α = 1).
+
+    Multiplying each equation by its ``w_k`` gives ``a w1² = d w2²``, so with
+    ``r = sqrt(a/d)``: ``w2 = r w1`` and ``w1 = 1/sqrt(a + m r)``, with ``m = (b + c)/2``. A
+    positive root exists iff ``sqrt(a d) + m > 0`` (the gradients are not opposite); within
+    ``tol`` of zero (relative to ``sqrt(a d)``) it is refused, as Newton's method of
+    :func:`moopt._solvers.power_root` would fail there. That method converges to this root.
+    The caller has checked ``a, d > 0``.
+
+    Raises:
+        RuntimeError: when the two gradients are opposite to within ``tol``.
+    """
+    floats, (a, b, c, d) = pair_entries(gramian)
+    geometric = math.sqrt(floats[0] * floats[3])
+    if not geometric + 0.5 * (floats[1] + floats[2]) > tol * geometric:
+        raise RuntimeError(
+            "G w = w^(-1/alpha) has no positive solution to tolerance "
+            f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"
+        )
+    ratio = sqrt(a / d)
+    weight = 1.0 / sqrt(a + 0.5 * (b + c) * ratio)
+    return pair_vector(weight, ratio * weight, gramian)
+
+
+def cagrad(gramian: torch.Tensor, c: float, tol: float) -> torch.Tensor | None:
+    """CAGrad's weights ``b + λ w`` for K = 2 (``b = (½, ½)``, ``r = c ‖g0‖``), before the
+    rescaling, where the dual optimum ``w = (γ, 1 − γ)`` is a vertex or interior; ``None``
+    otherwise (colinear gradients with an interior optimum, a Pareto-stationary pair with
+    ``g_w = 0``: :func:`moopt._solvers.cagrad_dual` handles them). ``r = 0`` gives ``b``.
+
+    Vertex ``e_k`` (``λ = r/‖g_k‖``): optimal when the dual objective
+    ``F(w) = wᵀ G b + r ‖Jᵀw‖`` does not decrease towards the other vertex j,
+    ``(G b)_j − (G b)_k + r (G_jk − G_kk)/‖g_k‖ ≥ 0`` (the KKT conditions at ``e_k``).
+    Interior (with ``A = a + d − 2m``, ``B = m − d``, ``Δ = a d − m²``, ``m = (b + c)/2``):
+    ``‖Jᵀw‖² = ((Aγ + B)² + Δ)/A`` and ``F' = 0`` where
+    ``(Aγ + B)/sqrt((Aγ + B)² + Δ) = τ = ((G b)_2 − (G b)_1)/(r sqrt(A))``, so
+    ``γ = (τ sqrt(Δ/(1 − τ²)) − B)/A`` and ``λ = r sqrt(A (1 − τ²)/Δ)``; used when ``A``,
+    ``Δ`` and ``1 − τ²`` are clearly positive (relative ``tol``) and ``γ`` lies inside
+    ``(tol, 1 − tol)``. Both are the closed-form KKT points that the general solver accepts.
+    """
+    _, (a, b, cc, d) = pair_entries(gramian)
+    linear = (0.5 * (a + b), 0.5 * (cc + d))  # G b
+    radius = c * sqrt(0.5 * (linear[0] + linear[1]))  # c sqrt(bᵀ G b)
+    if value(radius) == 0.0:
+        return pair_vector(0.5, 0.5, gramian)
+    for k, j, cross_jk, diagonal_k in ((0, 1, cc, a), (1, 0, b, d)):
+        if not value(diagonal_k) > 0.0:
+            continue
+        norm_k = sqrt(diagonal_k)
+        if value(linear[j] - linear[k] + radius * (cross_jk - diagonal_k) / norm_k) >= 0.0:
+            weights: list[Scalar] = [0.5, 0.5]
+            weights[k] = 0.5 + radius / norm_k
+            return pair_vector(*weights, gramian)
+    cross = 0.5 * (b + cc)
+    curvature = a + d - 2.0 * cross
+    determinant = a * d - cross * cross
+    if not (value(curvature) > tol * value(a + d) and value(determinant) > tol * value(a * d)):
+        return None
+    tau = (linear[1] - linear[0]) / (radius * sqrt(curvature))
+    room = 1.0 - tau * tau
+    if not value(room) > tol:
+        return None
+    gamma = (tau * sqrt(determinant / room) - (cross - d)) / curvature
+    if not tol < value(gamma) < 1.0 - tol:
+        return None
+    scale = radius * sqrt(curvature * room / determinant)
+    return pair_vector(0.5 + scale * gamma, 0.5 + scale * (1.0 - gamma), gramian)

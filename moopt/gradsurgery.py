@@ -312,8 +312,9 @@ class CAGrad(_Gramian):
     (``rescale=0``).
 
     Deviations: the dual is solved exactly in torch (:func:`moopt._solvers.cagrad_dual`:
-    closed form on the support found by projected gradient, or directly for two tasks with
-    an interior optimum) instead of scipy's SLSQP; the
+    closed form on the support found by projected gradient; for two tasks directly, where
+    the optimum is a vertex or interior, :func:`moopt._two_tasks.cagrad`, equal to the
+    general solver up to round-off) instead of scipy's SLSQP; the
     official ``1e-8`` guards inside the square roots are left out. ``g0 = 0`` gives
     ``d = 0``; so does a Pareto-stationary J (0 in the hull of the gradients) with
     ``c ≥ 1``, where the dual optimum is ``g_w = 0`` (as TorchJD; the official code then
@@ -336,9 +337,14 @@ class CAGrad(_Gramian):
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
-        anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
-        radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
-        weights = _solvers.cagrad_dual(gramian, anchor, radius)
+        weights = None
+        if n == 2:
+            tol = _solvers.default_tolerance(gramian.dtype)
+            weights = _two_tasks.cagrad(gramian, self.c, tol)
+        if weights is None:
+            anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
+            radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
+            weights = _solvers.cagrad_dual(gramian, anchor, radius)
         if self.rescale == 1:
             return weights / (1.0 + self.c**2)
         if self.rescale == 2:

@@ -165,6 +165,40 @@ def test_gradvac_closed_form_follows_the_general_path_over_steps(case: str) -> N
         torch.testing.assert_close(two.target, three.target[:2, :2], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("c", [0.2, 0.5, 0.9, 2.0])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cagrad_closed_forms_meet_the_kkt_conditions_and_equal_the_solver(
+    c: float, case: str
+) -> None:
+    gramian = CASES[case] @ CASES[case].T
+    anchor = torch.full((2,), 0.5, dtype=torch.float64)
+    radius = c * (anchor @ gramian @ anchor).sqrt()
+    closed = _two_tasks.cagrad(gramian, c, _solvers.default_tolerance(gramian.dtype))
+    if closed is None:  # the general solver's cases: colinear with an interior optimum, g_w = 0
+        assert case in {"colinear", "opposite", "first zero", "second zero", "nearly colinear"}
+        return
+    if float(radius) == 0.0:  # g0 = 0: the mean gradient
+        torch.testing.assert_close(closed, anchor)
+        torch.testing.assert_close(_solvers.cagrad_dual(gramian, anchor, radius), anchor)
+        return
+    scale = float(gramian.diagonal().max())
+    g_hat, r_hat = gramian / scale, float(radius) / scale**0.5
+    lam = float((closed - anchor).sum())  # weights are b + λ w with w on the simplex
+    w = (closed - anchor) / lam
+    tau = float((g_hat @ closed)[int(w.argmax())])
+    # Nearly opposite gradients: r ≈ 1e-5 ‖g‖ and the KKT residual carries eps·cond(G).
+    kkt_tolerance = 1e-6 if case in ILL_CONDITIONED else 1e-10
+    assert _solvers._cagrad_kkt(g_hat, anchor, r_hat, w, lam, tau) <= kkt_tolerance
+    try:
+        general = _solvers.cagrad_dual(gramian, anchor, radius, max_iter=2000)
+    except RuntimeError:
+        # Nearly opposite gradients with a small c: the projected-gradient search of the
+        # general solver does not reach its tolerance (as before the closed forms).
+        assert case == "nearly opposite"
+        return
+    torch.testing.assert_close(closed, general, rtol=1e-8, atol=1e-10)
+
+
 def cvxpy_min_norm_weights(gramian: np.ndarray) -> np.ndarray:
     cp = pytest.importorskip("cvxpy")
     w = cp.Variable(2)
@@ -202,6 +236,8 @@ GRADIENT_METHODS = {
     "AlignedMTL min": lambda: gs.AlignedMTL(pref=[1.0, 0.5]),
     "AlignedMTL rmse": lambda: gs.AlignedMTL(pref=[1.0, 0.5], scale_mode="rmse"),
     "GradVac": lambda: gs.GradVac(beta=0.3),
+    "CAGrad interior": lambda: gs.CAGrad(c=0.5),
+    "CAGrad vertex": lambda: gs.CAGrad(c=2.0),
 }
 
 
