@@ -21,6 +21,8 @@ Problems solved:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from moopt import _two_tasks
@@ -536,40 +538,50 @@ def power_root(
     with torch.no_grad():
         g = gramian.detach()
         w = diagonal.pow(-alpha / (alpha + 1.0))
+        power = w.pow(exponent)
+        res = g @ w - power
+        size = None  # ‖res‖ at w, when the line search that reached w computed it
+        current = None  # the merit at w, likewise
         converged = False
-        current = None  # the merit at w, when the line search that reached w computed it
         for _ in range(max_iter):
-            power = w.pow(exponent)
-            res = g @ w - power
-            if float((res.abs() / power).max()) <= tol:
+            relative = float((res.abs() / power).max())
+            if relative <= tol:
                 converged = True
+                break
+            if not math.isfinite(relative):  # w overflowed or underflowed
                 break
             hessian = g + torch.diag(-exponent * w.pow(exponent - 1.0))
             step_solution, info = torch.linalg.solve_ex(hessian, res)
-            if int(info) != 0:
-                break
             direction = -step_solution
-            ratio = torch.where(direction < 0, -w / direction, torch.inf)
-            step = min(1.0, 0.99 * float(ratio.min()))
-            if current is None:
-                current = merit(g, w)
-            slope = float(res @ direction)
-            size = float(res.norm())
-            trial = w + step * direction
-            trial_merit = merit(g, trial)
-            while (
-                trial_merit > current + 1e-4 * step * slope
-                and float(residual(g, trial).norm()) >= size
-            ):
-                step /= 2.0
-                trial = w + step * direction
-                if step < 1e-30:
-                    trial_merit = None
-                    break
-                trial_merit = merit(g, trial)
-            w, current = trial, trial_merit
-            if not bool(torch.isfinite(w).all()):
+            boundary = torch.where(direction < 0, -w / direction, torch.inf).min()
+            numbers = [info.to(g.dtype), boundary, res @ direction]
+            if size is None:
+                numbers.append(res.norm())
+            # One copy to the host for the branch decisions of this step.
+            failed, boundary, slope, *rest = torch.stack(numbers).tolist()
+            if failed != 0:
                 break
+            size = rest[0] if rest else size
+            step = min(1.0, 0.99 * boundary)
+            while True:
+                # Accept on a decrease of the residual (checked first: it is needed for the
+                # next step anyway) or of the merit (Armijo); otherwise halve the step.
+                trial = w + step * direction
+                trial_power = trial.pow(exponent)
+                trial_res = g @ trial - trial_power
+                trial_size = float(trial_res.norm())
+                trial_merit = None
+                if trial_size < size:
+                    break
+                if current is None:
+                    current = merit(g, w)
+                trial_merit = merit(g, trial)
+                if trial_merit <= current + 1e-4 * step * slope:
+                    break
+                step /= 2.0
+                if step < 1e-30:
+                    break
+            w, power, res, size, current = trial, trial_power, trial_res, trial_size, trial_merit
         if not converged:
             raise RuntimeError(
                 "G w = w^(-1/alpha) has no positive solution to tolerance "
