@@ -102,43 +102,56 @@ def dual_cone_weights(
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         u = lower.detach()
-        v = u.clone()
-        momentum_point = v
-        t = 1.0
-        residual = _dual_cone_kkt(g_hat, u, v)
-        polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
-        if polish:
+        v = None
+        violated = g_hat @ u < 0
+        if not bool(violated.any()):  # G u ≥ 0: u itself meets the KKT conditions
+            v = u.clone()
+        elif u.shape[0] <= POLISH_MAX_TASKS:
             # First guess of the free sets: the constraints that u itself violates.
-            guess = u + (g_hat @ u < 0).to(u.dtype)
-            guessed, guessed_residual = _polish_on_free_sets(g_hat, u, guess, residual, tol)
+            guessed, guessed_residual, _ = _solve_on_free_sets(g_hat, u, u + violated.to(u.dtype))
             if float(guessed_residual.max()) <= tol:
-                v, residual, polish = guessed, guessed_residual, False
-        step = None
-        for _ in range(fista_iter):
-            if float(residual.max()) <= tol:
-                break
-            if step is None:  # computed only when FISTA runs
-                step = 1.0 / float(lipschitz_bound(g_hat))
-            v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
-            restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
-            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            extrapolated = v_next + (t - 1.0) / t_next * (v_next - v)
-            momentum_point = torch.where(restart, v_next, extrapolated)
-            t = 1.0 if bool(restart.any()) else t_next
-            v = v_next
-            residual = _dual_cone_kkt(g_hat, u, v)
-        if polish:
-            v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
-        for column in (residual > tol).nonzero().flatten().tolist():
-            u_col = u[:, column]
-            slack = nonneg_qp_active_set(
-                g_hat, g_hat @ u_col, (v[:, column] - u_col).clamp(min=0.0), tol
-            )
-            v[:, column] = u_col + slack
-        free = v > u
+                v = guessed
+        if v is None:
+            v = _dual_cone_iterations(g_hat, u, tol, fista_iter)
     if not (gramian.requires_grad or lower.requires_grad):
         return v
+    free = v > u
     return with_implicit_derivative(v, _differentiable_free_set_step(gramian, lower, v, free))
+
+
+def _dual_cone_iterations(
+    g_hat: torch.Tensor, u: torch.Tensor, tol: float, fista_iter: int
+) -> torch.Tensor:
+    """FISTA from ``v = u``, the batched polish and the active-set finish of
+    :func:`dual_cone_weights` (run when the first guess of the free sets fails)."""
+    v = u.clone()
+    momentum_point = v
+    t = 1.0
+    residual = _dual_cone_kkt(g_hat, u, v)
+    polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+    step = None
+    for _ in range(fista_iter):
+        if float(residual.max()) <= tol:
+            break
+        if step is None:  # computed only when FISTA runs
+            step = 1.0 / float(lipschitz_bound(g_hat))
+        v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
+        restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        extrapolated = v_next + (t - 1.0) / t_next * (v_next - v)
+        momentum_point = torch.where(restart, v_next, extrapolated)
+        t = 1.0 if bool(restart.any()) else t_next
+        v = v_next
+        residual = _dual_cone_kkt(g_hat, u, v)
+    if polish:
+        v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
+    for column in (residual > tol).nonzero().flatten().tolist():
+        u_col = u[:, column]
+        slack = nonneg_qp_active_set(
+            g_hat, g_hat @ u_col, (v[:, column] - u_col).clamp(min=0.0), tol
+        )
+        v[:, column] = u_col + slack
+    return v
 
 
 POLISH_MAX_TASKS = 32
@@ -155,13 +168,7 @@ def _polish_on_free_sets(
     column keeps the polished value where its KKT residual stays within ``tol`` (or does
     not grow).
     """
-    free = (v > u).T.to(g_hat.dtype)
-    systems = free[:, :, None] * g_hat[None] * free[:, None, :] + torch.diag_embed(1.0 - free)
-    fixed = (u * (1.0 - free.T)).T
-    rhs = torch.where(free > 0, -(fixed @ g_hat), u.T)
-    solution, info = torch.linalg.solve_ex(systems, rhs.unsqueeze(-1))
-    polished = solution.squeeze(-1).T
-    polished_residual = _dual_cone_kkt(g_hat, u, polished)
+    polished, polished_residual, info = _solve_on_free_sets(g_hat, u, v)
     better = (
         (info == 0)
         & torch.isfinite(polished_residual)
@@ -171,6 +178,21 @@ def _polish_on_free_sets(
         torch.where(better, polished, v),
         torch.where(better, polished_residual, residual),
     )
+
+
+def _solve_on_free_sets(
+    g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column, the exact solution on the free set ``{v_j > u_j}`` (one batched solve of
+    ``G_FF v_F = −G_FA u_A``, ``v_A = u_A``), its KKT residual and the solves' ``info``
+    (non-zero for a singular ``G_FF``, whose solution is then not to be trusted)."""
+    free = (v > u).T.to(g_hat.dtype)
+    systems = free[:, :, None] * g_hat[None] * free[:, None, :] + torch.diag_embed(1.0 - free)
+    fixed = (u * (1.0 - free.T)).T
+    rhs = torch.where(free > 0, -(fixed @ g_hat), u.T)
+    solution, info = torch.linalg.solve_ex(systems, rhs.unsqueeze(-1))
+    solved = solution.squeeze(-1).T
+    return solved, _dual_cone_kkt(g_hat, u, solved), info
 
 
 def _dual_cone_kkt(g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
