@@ -55,12 +55,14 @@ def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     least-squares solution ``matrix⁺ rhs``.
     """
     solution, info = torch.linalg.solve_ex(matrix, rhs)
-    if int(info) == 0 and bool(torch.isfinite(solution).all()):
-        a, x, b = matrix.detach(), solution.detach(), rhs.detach()
-        residual = float((a @ x - b).abs().max())
-        size = float(a.abs().max() * x.abs().max() + b.abs().max())
-        if residual <= 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size:
-            return solution
+    a, x, b = matrix.detach(), solution.detach(), rhs.detach()
+    residual = (a @ x - b).abs().max()
+    size = a.abs().max() * x.abs().max() + b.abs().max()
+    # One copy to the host; a non-finite solution makes ``size`` non-finite.
+    failed, residual, size = torch.stack([info.to(a.dtype), residual, size]).tolist()
+    bound = 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size
+    if failed == 0 and math.isfinite(size) and residual <= bound:
+        return solution
     return torch.linalg.pinv(matrix, hermitian=True) @ rhs
 
 
@@ -368,12 +370,10 @@ def bordered_matrix(block: torch.Tensor, border: float) -> torch.Tensor:
 def _min_norm_kkt(g_hat: torch.Tensor, w: torch.Tensor) -> float:
     """Largest violation of the min-norm KKT conditions (negativity, sum, stationarity)."""
     gradient = g_hat @ w
-    value = w @ gradient
-    negativity = (-w).clamp(min=0.0).max()
-    total = (w.sum() - 1.0).abs()
-    stationarity = (value - gradient).clamp(min=0.0).max()
-    on_support = torch.where(w > 0, (gradient - value).abs(), torch.zeros_like(w)).max()
-    return float(torch.stack([negativity, total, stationarity, on_support]).max())
+    gap = gradient - w @ gradient
+    # Per task: |gap| on the support (stationarity), max(−gap, 0) off it, max(−w, 0).
+    per_task = torch.where(w > 0, gap.abs(), torch.maximum(-gap, -w).clamp(min=0.0))
+    return max(float(per_task.max()), abs(float(w.sum()) - 1.0))
 
 
 def cagrad_dual(
@@ -477,28 +477,33 @@ def _cagrad_on_support(
     linear = gramian @ b
     rhs[:size, 1] = -(linear if support is None else linear[support])
     solution = solve_symmetric(bordered, rhs)
-    y0, y1 = solution[:size, 0], solution[:size, 1]
-    sigma0, sigma1 = solution[size, 0], solution[size, 1]
-    quad = y1 @ block @ y1 - r * r
-    half_linear = y0 @ block @ y1
-    constant = y0 @ block @ y0
+    directions = solution[:size]
+    # [[y0ᵀGy0, y0ᵀGy1], [y1ᵀGy0, y1ᵀGy1]] and (σ0, σ1): floats (one copy to the host)
+    # unless G requires grad.
+    moments = directions.T @ block @ directions
+    sigma = solution[size]
+    if not (gramian.requires_grad or isinstance(r, torch.Tensor) and r.requires_grad):
+        moments, sigma = moments.tolist(), sigma.tolist()
+    quad = moments[1][1] - r * r
+    half_linear = moments[0][1]
+    constant = moments[0][0]
     roots = []
-    if abs(float(quad.detach())) > 1e-14 * max(float(constant.detach().abs()), 1e-300):
+    if abs(_two_tasks.value(quad)) > 1e-14 * max(abs(_two_tasks.value(constant)), 1e-300):
         discriminant = half_linear * half_linear - quad * constant
-        if float(discriminant.detach()) >= 0:
-            root = discriminant.clamp(min=0.0).sqrt()
+        if _two_tasks.value(discriminant) >= 0:
+            root = _two_tasks.sqrt(discriminant)
             roots = [(-half_linear + root) / quad, (-half_linear - root) / quad]
-    elif float(half_linear.detach()) != 0:
+    elif _two_tasks.value(half_linear) != 0:
         roots = [-constant / (2.0 * half_linear)]
     best, best_violation = None, float("inf")
+    radius = _two_tasks.value(r)
     for mu in roots:
-        if not float(mu.detach()) > 0:
+        if not _two_tasks.value(mu) > 0:
             continue
-        w = y0 + mu * y1
+        w = directions[:, 0] + mu * directions[:, 1]
         if support is not None:
             w = torch.zeros_like(b).masked_scatter(support, w)
-        candidate = (w, 1.0 / mu, (sigma0 + mu * sigma1) / mu)
-        radius = float(r.detach()) if isinstance(r, torch.Tensor) else float(r)
+        candidate = (w, 1.0 / mu, (sigma[0] + mu * sigma[1]) / mu)
         violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
         if violation < best_violation:
             best, best_violation = candidate, violation
@@ -512,14 +517,12 @@ def _detached(values: tuple) -> tuple:
 
 def _cagrad_kkt(g_hat: torch.Tensor, b: torch.Tensor, r: float, w: torch.Tensor, lam, tau) -> float:
     """Largest violation of CAGrad's dual KKT conditions at ``(w, λ, τ)``."""
-    gradient = g_hat @ (b + lam * w)
-    negativity = (-w).clamp(min=0.0).max()
-    total = (w.sum() - 1.0).abs()
-    stationarity = (tau - gradient).clamp(min=0.0).max()
-    on_support = torch.where(w > 0, (gradient - tau).abs(), torch.zeros_like(w)).max()
-    norm = (w @ g_hat @ w).clamp(min=0.0).sqrt()
-    radius_gap = (lam * norm - r).abs() / max(r, 1e-300)
-    return float(torch.stack([negativity, total, stationarity, on_support, radius_gap]).max())
+    gap = g_hat @ (b + lam * w) - tau
+    # Per task: |gap| on the support (stationarity), max(−gap, 0) off it, max(−w, 0).
+    per_task = torch.where(w > 0, gap.abs(), torch.maximum(-gap, -w).clamp(min=0.0))
+    worst, squared_norm, total = torch.stack([per_task.max(), w @ g_hat @ w, w.sum()]).tolist()
+    radius_gap = abs(lam * math.sqrt(max(squared_norm, 0.0)) - r) / max(r, 1e-300)
+    return max(worst, abs(total - 1.0), radius_gap)
 
 
 def power_root(
