@@ -4,8 +4,10 @@ For K ∈ {2, 4, 8, 32, 128} and D ∈ {1e4, 1e6}, times moopt's ``aggregate(J)`
 TorchJD 0.18's aggregator for the same method, and the floor of every Gramian method:
 ``G = J Jᵀ`` plus the final combination ``w @ J``, timed alternately with each method so
 both see the same load. Prints one table with the ratios
-moopt/floor and TorchJD/moopt (median CPU milliseconds of the repeats). The row
-``UPGrad w(G)`` times UPGrad's weights alone on a precomputed Gramian (the dual-cone QPs).
+moopt/floor and TorchJD/moopt (median CPU milliseconds of the repeats). The column
+``w(G)`` is each Gramian method's fixed cost: its ``weights`` alone on the precomputed
+Gramian (the K×K work, independent of D; timed hot, right after itself). The row
+``UPGrad w(G)`` compares UPGrad's weights with TorchJD's ``UPGradWeighting``.
 
     PYTHONPATH=. python benchmarks/bench_aggregators.py          # all sizes that fit
     PYTHONPATH=. python benchmarks/bench_aggregators.py --quick  # D = 1e6 only for K ≤ 8
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 11)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU ms (median)")
-    header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'torchjd':>9}"
+    header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'w(G)':>7}"
+    header += f" {'torchjd':>9}"
     print(header + f" {'moopt/floor':>11} {'torchjd/moopt':>13}")
     methods = {**GRAMIAN_METHODS, **OTHER_METHODS}
     if args.methods is not None:
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n_tasks:>4} {dim:>8} skipped (too long on 2 cores)")
                 continue
             jacobian = torch.randn(n_tasks, dim, generator=generator)
+            gramian = jacobian @ jacobian.T
             weights = torch.full((n_tasks,), 1.0 / n_tasks)
             timing = {"repeats": repeats, "budget": args.budget}
             for name, (factory, jd_name, jd_kwargs) in methods.items():
@@ -146,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
                     theirs_ms, _ = median_ms(theirs, jacobian, **timing)
                     theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
                 floor_text = f"{floor_ms:9.2f}" if gramian_method else f"{'-':>9}"
+                fixed_text = f"{'-':>7}"
+                if gramian_method:
+                    fixed_ms, _ = median_ms(factory().weights, gramian, **timing)
+                    fixed_text = f"{fixed_ms:7.3f}"
                 over = f"{ours_ms / floor_ms:11.2f}" if gramian_method else f"{'-':>11}"
                 print(
                     f"{n_tasks:>4} {dim:>8} {name:<11} {floor_text} {ours_ms:9.2f} "
-                    f"{theirs_text:>9} {over} {ratio_text:>13}",
+                    f"{fixed_text} {theirs_text:>9} {over} {ratio_text:>13}",
                     flush=True,
                 )
             if args.methods is not None and "UPGrad-w" not in args.methods:
                 continue
-            gramian = jacobian @ jacobian.T
             ours_ms, _ = median_ms(gs.UPGrad().weights, gramian, **timing)
             theirs = torchjd_aggregator("UPGrad", n_tasks, {})
             theirs_text, ratio_text = "n/a", "n/a"
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 theirs_ms, _ = median_ms(theirs.gramian_weighting, gramian, **timing)
                 theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
             print(
-                f"{n_tasks:>4} {dim:>8} {'UPGrad w(G)':<11} {'-':>9} {ours_ms:9.2f} "
+                f"{n_tasks:>4} {dim:>8} {'UPGrad w(G)':<11} {'-':>9} {ours_ms:9.2f} {'-':>7} "
                 f"{theirs_text:>9} {'-':>11} {ratio_text:>13}",
                 flush=True,
             )

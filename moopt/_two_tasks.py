@@ -21,10 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 Scalar = float | torch.Tensor
 """A Python float, or a 0-d tensor of the Gramian when the weights need a derivative."""
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def pair_entries(gramian: torch.Tensor) -> tuple[tuple[float, ...], Sequence[Scalar]]:
@@ -42,6 +45,9 @@ def pair_vector(first: Scalar, second: Scalar, like: torch.Tensor) -> torch.Tens
     """The vector ``(first, second)`` with ``like``'s dtype and device; in ``like``'s graph
     when ``like`` requires grad."""
     if not like.requires_grad:
+        if like.device.type == "cpu" and like.dtype in _NUMPY_DTYPES:
+            # from_numpy is about 2 µs faster than torch.tensor for a 2-vector.
+            return torch.from_numpy(np.array((first, second), dtype=_NUMPY_DTYPES[like.dtype]))
         return torch.tensor((first, second), dtype=like.dtype, device=like.device)
     pair = (first, second)
     vector = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in pair])
@@ -241,7 +247,7 @@ def gradvac(
 
 
 def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
-    """The positive root of ``G w = 1/w`` for K = 2 (Nash-MTL; FairGrad with α = 1).
+    """The positive root of ``G w = 1/w`` for K = 2 (FairGrad with α = 1).
 
     Multiplying each equation by its ``w_k`` gives ``a w1² = d w2²``, so with
     ``r = sqrt(a/d)``: ``w2 = r w1`` and ``w1 = 1/sqrt(a + m r)``, with ``m = (b + c)/2``. A
@@ -253,7 +259,34 @@ def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
     Raises:
         RuntimeError: when the two gradients are opposite to within ``tol``.
     """
+    floats, values = pair_entries(gramian)
+    return pair_vector(*_root_of_two(floats, values, tol), gramian)
+
+
+def nash_mtl(gramian: torch.Tensor, tol: float) -> torch.Tensor:
+    """Nash-MTL's weights for K = 2: the root of ``Ĝ w = 1/w`` with ``Ĝ = G/‖G‖_F``.
+
+    The root scales as ``w(G/s) = sqrt(s) w(G)``, so it is ``sqrt(‖G‖_F)`` times the root
+    of :func:`power_root`.
+
+    Raises:
+        ValueError: when a gradient is zero.
+        RuntimeError: when the two gradients are opposite to within ``tol``.
+    """
     floats, (a, b, c, d) = pair_entries(gramian)
+    zero = [k for k, diagonal in enumerate((floats[0], floats[3])) if not diagonal > 0.0]
+    if zero:
+        raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+    first, second = _root_of_two(floats, (a, b, c, d), tol)
+    scale = sqrt(sqrt(a * a + b * b + c * c + d * d))
+    return pair_vector(scale * first, scale * second, gramian)
+
+
+def _root_of_two(
+    floats: Sequence[float], values: Sequence[Scalar], tol: float
+) -> tuple[Scalar, Scalar]:
+    """``(w1, w2)`` of :func:`power_root`."""
+    a, b, c, d = values
     geometric = math.sqrt(floats[0] * floats[3])
     if not geometric + 0.5 * (floats[1] + floats[2]) > tol * geometric:
         raise RuntimeError(
@@ -262,7 +295,7 @@ def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
         )
     ratio = sqrt(a / d)
     weight = 1.0 / sqrt(a + 0.5 * (b + c) * ratio)
-    return pair_vector(weight, ratio * weight, gramian)
+    return weight, ratio * weight
 
 
 def cagrad(gramian: torch.Tensor, c: float, tol: float) -> torch.Tensor | None:

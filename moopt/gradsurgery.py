@@ -381,12 +381,16 @@ class NashMTL(_Gramian):
         self.max_norm = check_positive(max_norm, "max_norm", allow_zero=True)
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        norms = gramian.detach().diagonal()
-        if bool((norms <= 0).any()):
-            zero = (norms <= 0).nonzero().flatten().tolist()
-            raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
-        normalized = gramian / torch.linalg.matrix_norm(gramian)
-        weights = _solvers.power_root(normalized, alpha=1.0)
+        if gramian.shape[0] == 2:
+            tol = _solvers.default_tolerance(gramian.dtype)
+            weights = _two_tasks.nash_mtl(gramian, tol)
+        else:
+            norms = gramian.detach().diagonal()
+            if bool((norms <= 0).any()):
+                zero = (norms <= 0).nonzero().flatten().tolist()
+                raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+            normalized = gramian / torch.linalg.matrix_norm(gramian)
+            weights = _solvers.power_root(normalized, alpha=1.0)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
             if float(norm.detach()) > self.max_norm:

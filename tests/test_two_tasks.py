@@ -199,6 +199,37 @@ def test_cagrad_closed_forms_meet_the_kkt_conditions_and_equal_the_solver(
     torch.testing.assert_close(closed, general, rtol=1e-8, atol=1e-10)
 
 
+FULL_RANK_CASES = sorted(
+    set(CASES) - {"colinear", "opposite", "first zero", "second zero", "both zero"}
+)
+
+
+@pytest.mark.parametrize("case", FULL_RANK_CASES)
+def test_nash_and_fairgrad_roots_equal_newtons_method(case: str) -> None:
+    # Newton's method (the general path) runs for α ≠ 1; at α = 1 + 1e-12 its root is the
+    # α = 1 root to ~1e-12 relative.
+    gramian = CASES[case] @ CASES[case].T
+    if case == "nearly opposite":
+        # Newton's method does not converge on this cond(G) ≈ 1e8 pair; the closed form
+        # solves the equations (to the conditioning of G).
+        weights = gs.FairGrad(alpha=1.0).weights(gramian)
+        torch.testing.assert_close(gramian @ weights, 1.0 / weights, rtol=1e-6, atol=0.0)
+        return
+    newton = _solvers.power_root(gramian, alpha=1.0 + 1e-12)
+    fairgrad = gs.FairGrad(alpha=1.0).weights(gramian)
+    torch.testing.assert_close(fairgrad, newton, rtol=1e-9, atol=0.0)
+    normalized = gramian / torch.linalg.matrix_norm(gramian)
+    newton = _solvers.power_root(normalized, alpha=1.0 + 1e-12)
+    nash = gs.NashMTL(max_norm=0.0).weights(gramian)
+    torch.testing.assert_close(nash, newton, rtol=1e-9, atol=0.0)
+
+
+def test_nash_two_tasks_with_a_zero_gradient_raises() -> None:
+    gramian = CASES["second zero"] @ CASES["second zero"].T
+    with pytest.raises(ValueError, match=r"tasks \[1\] are zero"):
+        gs.NashMTL().weights(gramian)
+
+
 def cvxpy_min_norm_weights(gramian: np.ndarray) -> np.ndarray:
     cp = pytest.importorskip("cvxpy")
     w = cp.Variable(2)
@@ -236,6 +267,8 @@ GRADIENT_METHODS = {
     "AlignedMTL min": lambda: gs.AlignedMTL(pref=[1.0, 0.5]),
     "AlignedMTL rmse": lambda: gs.AlignedMTL(pref=[1.0, 0.5], scale_mode="rmse"),
     "GradVac": lambda: gs.GradVac(beta=0.3),
+    "NashMTL": lambda: gs.NashMTL(max_norm=0.0),
+    "FairGrad": gs.FairGrad,
     "CAGrad interior": lambda: gs.CAGrad(c=0.5),
     "CAGrad vertex": lambda: gs.CAGrad(c=2.0),
 }
