@@ -543,14 +543,14 @@ def power_root(
             singular Gramian with a positive null vector).
     """
     tol = default_tolerance(gramian.dtype) if tol is None else tol
+    if alpha == 1.0 and gramian.shape[0] == 2:
+        return _two_tasks.power_root(gramian, tol)
     diagonal = gramian.detach().diagonal()
     if bool((diagonal <= 0).any()):
         zero = (diagonal <= 0).nonzero().flatten().tolist()
         raise ValueError(
             f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
         )
-    if alpha == 1.0 and gramian.shape[0] == 2:
-        return _two_tasks.power_root(gramian, tol)
     exponent = -1.0 / alpha
 
     def residual(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

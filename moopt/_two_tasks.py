@@ -254,12 +254,17 @@ def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
     positive root exists iff ``sqrt(a d) + m > 0`` (the gradients are not opposite); within
     ``tol`` of zero (relative to ``sqrt(a d)``) it is refused, as Newton's method of
     :func:`moopt._solvers.power_root` would fail there. That method converges to this root.
-    The caller has checked ``a, d > 0``.
 
     Raises:
+        ValueError: when a gradient is zero (no positive root).
         RuntimeError: when the two gradients are opposite to within ``tol``.
     """
     floats, values = pair_entries(gramian)
+    zero = [k for k, diagonal in enumerate((floats[0], floats[3])) if not diagonal > 0.0]
+    if zero:
+        raise ValueError(
+            f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
+        )
     return pair_vector(*_root_of_two(floats, values, tol), gramian)
 
 

@@ -224,10 +224,13 @@ def test_nash_and_fairgrad_roots_equal_newtons_method(case: str) -> None:
     torch.testing.assert_close(nash, newton, rtol=1e-9, atol=0.0)
 
 
-def test_nash_two_tasks_with_a_zero_gradient_raises() -> None:
+@pytest.mark.parametrize("combiner", [gs.NashMTL, gs.FairGrad])
+def test_nash_and_fairgrad_two_tasks_with_a_zero_gradient_raise(combiner) -> None:
     gramian = CASES["second zero"] @ CASES["second zero"].T
     with pytest.raises(ValueError, match=r"tasks \[1\] are zero"):
-        gs.NashMTL().weights(gramian)
+        combiner().weights(gramian)
+    with pytest.raises(RuntimeError, match="no positive solution"):
+        combiner().weights(CASES["opposite"] @ CASES["opposite"].T)
 
 
 def cvxpy_min_norm_weights(gramian: np.ndarray) -> np.ndarray:
