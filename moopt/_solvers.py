@@ -17,6 +17,10 @@ Problems solved:
 * :func:`cagrad_dual` — ``min_{w ∈ Δ} wᵀ G b + r·sqrt(wᵀ G w)`` (CAGrad's dual).
 * :func:`power_root` — the positive root of ``G w = w^(-1/α)`` (Nash-MTL for α = 1,
   FairGrad for any α > 0) by Newton's method on a strictly convex function.
+
+For two tasks every method has a closed form, in :mod:`moopt._two_tasks`; the solvers and
+the combiners call those first. Branch decisions copy their few numbers to the host once
+per decision (``tolist`` of a stacked tensor) rather than one ``.item()`` each.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def dual_cone_weights(
 ) -> torch.Tensor:
     """Solve ``min_v vᵀ G v  s.t.  v ≥ u`` for every column ``u`` of ``lower`` (K×B).
 
-    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. For K ≤ 32 an exact
+    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. Where ``G u ≥ 0``,
+    ``v = u``. Otherwise, for K ≤ 32 an exact
     solve on the free sets guessed from the constraints that ``u`` violates is tried first
     (it is exact whenever that guess is right, e.g. always for K = 2). Otherwise all
     columns run projected accelerated gradient together (FISTA with gradient restarts,
