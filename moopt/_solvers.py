@@ -88,8 +88,8 @@ def dual_cone_weights(
 ) -> torch.Tensor:
     """Solve ``min_v vᵀ G v  s.t.  v ≥ u`` for every column ``u`` of ``lower`` (K×B).
 
-    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. Where ``G u ≥ 0``,
-    ``v = u``. Otherwise, for K ≤ 32 an exact
+    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. For K ≤ 32, ``v = u``
+    where ``G u ≥ 0``, and otherwise an exact
     solve on the free sets guessed from the constraints that ``u`` violates is tried first
     (it is exact whenever that guess is right, e.g. always for K = 2). Otherwise all
     columns run projected accelerated gradient together (FISTA with gradient restarts,
@@ -110,14 +110,15 @@ def dual_cone_weights(
         g_hat = gramian.detach() / scale
         u = lower.detach()
         v = None
-        violated = g_hat @ u < 0
-        if not bool(violated.any()):  # G u ≥ 0: u itself meets the KKT conditions
-            v = u.clone()
-        elif u.shape[0] <= POLISH_MAX_TASKS:
-            # First guess of the free sets: the constraints that u itself violates.
-            guessed, guessed_residual, _ = _solve_on_free_sets(g_hat, u, u + violated.to(u.dtype))
-            if float(guessed_residual.max()) <= tol:
-                v = guessed
+        if u.shape[0] <= POLISH_MAX_TASKS:
+            violated = g_hat @ u < 0
+            if not bool(violated.any()):  # G u ≥ 0: u itself meets the KKT conditions
+                v = u.clone()
+            else:  # First guess of the free sets: the constraints that u itself violates.
+                guess = u + violated.to(u.dtype)
+                guessed, guessed_residual, _ = _solve_on_free_sets(g_hat, u, guess)
+                if float(guessed_residual.max()) <= tol:
+                    v = guessed
         if v is None:
             v = _dual_cone_iterations(g_hat, u, tol, fista_iter)
     if not (gramian.requires_grad or lower.requires_grad):
