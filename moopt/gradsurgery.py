@@ -661,9 +661,7 @@ class GradVac(_Gramian):
         weights, (new_12, new_21) = _two_tasks.gradvac(
             gramian, (goal_12, goal_21), self.beta, self.eps
         )
-        self.target = torch.tensor(
-            [[keep_1, new_12], [new_21, keep_2]], dtype=target.dtype, device=target.device
-        )
+        self.target = _two_tasks.host_tensor([[keep_1, new_12], [new_21, keep_2]], target)
         return weights
 
 
