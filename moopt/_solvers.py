@@ -300,36 +300,44 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
         return uniform
     with torch.no_grad():
         g_hat = gramian.detach() / scale
-        step = None
-        w = uniform.clone()
-        momentum_point = w
-        t = 1.0
-        support = None  # every task, until the iterations find a smaller support
-        for iteration in range(max_iter):
-            if iteration % 25 == 0:
-                candidate = _min_norm_on_support(g_hat, support, clamp=True)
-                if _min_norm_kkt(g_hat, candidate) <= tol:
-                    solution = candidate
-                    break
-            if step is None:  # computed only when the exact solve on all tasks failed
-                step = 1.0 / float(lipschitz_bound(g_hat))
-            w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
-            if _min_norm_kkt(g_hat, w_next) <= tol:
-                solution, support = w_next, w_next > 0
-                break
-            restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
-            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            momentum_point = w_next if restart else w_next + (t - 1.0) / t_next * (w_next - w)
-            t = 1.0 if restart else t_next
-            w = w_next
-            support = w > 0
-        else:
-            raise RuntimeError(
-                f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations"
-            )
+        # Every task in the support, solved by LU without solve_symmetric's accuracy test:
+        # the KKT check is the certificate (NaN fails it). Otherwise, the iterations.
+        solution, support = _min_norm_on_support(g_hat, None, clamp=True, checked=False), None
+        if not _min_norm_kkt(g_hat, solution) <= tol:
+            solution, support = _min_norm_iterations(g_hat, uniform, tol, max_iter)
     if not gramian.requires_grad:
         return solution
     return with_implicit_derivative(solution, _min_norm_on_support(gramian / scale, support))
+
+
+def _min_norm_iterations(
+    g_hat: torch.Tensor, uniform: torch.Tensor, tol: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`min_norm_simplex` when the solve on every task fails its KKT check: projected
+    accelerated gradient on the simplex, with the exact (checked) solve on the current
+    support every 25 iterations. Returns the solution and its support (None: every task)."""
+    step = None
+    w = uniform.clone()
+    momentum_point = w
+    t = 1.0
+    support = None  # every task, until the iterations find a smaller support
+    for iteration in range(max_iter):
+        if iteration % 25 == 0:
+            candidate = _min_norm_on_support(g_hat, support, clamp=True)
+            if _min_norm_kkt(g_hat, candidate) <= tol:
+                return candidate, support
+        if step is None:  # computed only when the exact solve on all tasks failed
+            step = 1.0 / float(lipschitz_bound(g_hat))
+        w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
+        if _min_norm_kkt(g_hat, w_next) <= tol:
+            return w_next, w_next > 0
+        restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        momentum_point = w_next if restart else w_next + (t - 1.0) / t_next * (w_next - w)
+        t = 1.0 if restart else t_next
+        w = w_next
+        support = w > 0
+    raise RuntimeError(f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations")
 
 
 def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -343,16 +351,20 @@ def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torc
 
 
 def _min_norm_on_support(
-    gramian: torch.Tensor, support: torch.Tensor | None, clamp: bool = False
+    gramian: torch.Tensor, support: torch.Tensor | None, clamp: bool = False, checked: bool = True
 ) -> torch.Tensor:
     """Min-norm weights restricted to ``support`` (bordered KKT system, least squares);
-    ``support=None`` means every task."""
+    ``support=None`` means every task. ``checked=False``: plain LU, no accuracy test (for a
+    caller that checks the KKT conditions)."""
     size = gramian.shape[0] if support is None else int(support.sum())
     block = gramian if support is None else gramian[support][:, support]
     bordered = bordered_matrix(block, 1.0)
     rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
     rhs[-1] = 1.0
-    solution = solve_symmetric(bordered, rhs)
+    if checked:
+        solution = solve_symmetric(bordered, rhs)
+    else:
+        solution = torch.linalg.solve_ex(bordered, rhs).result
     if support is None:
         weights = solution[:size]
     else:
