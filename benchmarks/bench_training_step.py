@@ -37,6 +37,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -93,17 +94,27 @@ def make_model(n_tasks: int) -> tuple[nn.Module, nn.ModuleList]:
     return trunk, heads
 
 
-def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
-    torch.manual_seed(0)
-    trunk, heads = make_model(n_tasks)
+def make_forward(
+    trunk: nn.Module, heads: nn.ModuleList, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], tuple[list[torch.Tensor], torch.Tensor]]:
+    """One step's zeroing of the gradients and forward: the K losses and the trunk output."""
     params = [*trunk.parameters(), *heads.parameters()]
-    x, y = torch.randn(BATCH, N_IN), torch.randn(BATCH, n_tasks)
 
     def forward() -> tuple[list[torch.Tensor], torch.Tensor]:
         for p in params:
             p.grad = None
         h = trunk(x)
         return [((head(h)[:, 0] - y[:, k]) ** 2).mean() for k, head in enumerate(heads)], h
+
+    return forward
+
+
+def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
+    torch.manual_seed(0)
+    trunk, heads = make_model(n_tasks)
+    params = [*trunk.parameters(), *heads.parameters()]
+    x, y = torch.randn(BATCH, N_IN), torch.randn(BATCH, n_tasks)
+    forward = make_forward(trunk, heads, x, y)
 
     def summed() -> None:
         sum(forward()[0]).backward()
@@ -115,6 +126,14 @@ def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
 
     def moopt_param(combiner: GradientCombiner) -> Callable[[], None]:
         return lambda: combiner.backward(forward()[0])
+
+    def moopt_watch(combiner: GramianWeighting) -> Callable[[], None]:
+        # A model of its own (same weights): watch hooks record every forward of a model.
+        own_trunk, own_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
+        combiner.watch(own_trunk)
+        combiner.watch(own_heads)
+        own_forward = make_forward(own_trunk, own_heads, x, y)
+        return lambda: combiner.backward(own_forward()[0])
 
     def moopt_features(combiner: GradientCombiner) -> Callable[[], None]:
         def step() -> None:
@@ -146,6 +165,9 @@ def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
         "moopt.MGDA": moopt_param(MGDA()),
         "moopt.UPGrad": moopt_param(UPGrad()),
         "moopt.PCGrad": moopt_param(PCGrad(generator=torch.Generator().manual_seed(0))),
+        "moopt.MGDA watch": moopt_watch(MGDA()),
+        "moopt.UPGrad watch": moopt_watch(UPGrad()),
+        "moopt.PCGrad watch": moopt_watch(PCGrad(generator=torch.Generator().manual_seed(0))),
         "moopt.UPGrad features=": moopt_features(UPGrad()),
         "moopt.MGDA features= (MGDA-UB)": moopt_features(MGDA()),
     }

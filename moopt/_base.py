@@ -29,6 +29,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from moopt._activations import (
+    Coverage,
+    LinearBlocks,
+    LinearWatch,
+    cover_linear_layers,
+    recorded_calls,
+)
 from moopt._ddp import (
     all_reduce_mean_,
     all_reduce_sum_,
@@ -297,6 +304,21 @@ class GradientCombiner(Combiner):
                 accumulate_grads(targets, updates, fresh=group is not None)
         finally:
             self.__dict__["_loss_values"] = None
+            for handle in self.__dict__.get("_watches", ()):
+                handle.clear()
+
+    def watch(self, module: nn.Module) -> LinearWatch:
+        """Record the ``nn.Linear`` calls of ``module`` for :meth:`backward`.
+
+        Only a :class:`GramianWeighting` (update ``Σ_k w_k g_k``) can use them: this
+        combiner needs the per-task gradients themselves, so this raises ``TypeError``.
+        """
+        raise TypeError(
+            f"{type(self).__name__} aggregates the per-task gradients themselves "
+            "(aggregate(J)), so it cannot take them from activations; watch() serves only "
+            "GramianWeighting methods (MGDA, UPGrad, DualProj, PCGrad, IMTLG, CAGrad, "
+            "NashMTL, AlignedMTL, ConFIG, FairGrad, GradVac)"
+        )
 
     @property
     def loss_values(self) -> torch.Tensor | None:
@@ -436,10 +458,74 @@ class GramianWeighting(GradientCombiner):
         """``weights(J Jᵀ) @ J``."""
         return self.weights(jacobian @ jacobian.T) @ jacobian
 
+    def watch(self, module: nn.Module) -> LinearWatch:
+        """Take the Gramian and update of ``module``'s linear layers from activations.
+
+        Installs forward hooks on every ``nn.Linear`` inside ``module`` (the module itself
+        included) and returns a :class:`~moopt._activations.LinearWatch` handle
+        (``.remove()``, or use it as a context manager). See the class docstring for
+        what :meth:`backward` then does; every result equals the Jacobian route's up to
+        round-off.
+        """
+        return LinearWatch(module, self.__dict__.setdefault("_watches", []))
+
+    @property
+    def watch_report(self) -> Coverage | None:
+        """What the latest :meth:`backward` took from watched activations: a
+        :class:`~moopt._activations.Coverage` whose ``covered`` parameters were served by
+        the activation formula and whose ``rest`` fell back to Jacobian rows; ``None``
+        when that backward did not try (nothing recorded, ``features=`` mode, or a
+        process group)."""
+        return self.__dict__.get("_watch_report")
+
+    def _parameter_update(
+        self,
+        vector: torch.Tensor,
+        rows: LossRows,
+        params: ParamsLike,
+        retain_graph: bool,
+        group: object,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self.__dict__["_watch_report"] = None
+        calls = recorded_calls(self.__dict__.get("_watches", ())) if group is None else []
+        if not calls:
+            return super()._parameter_update(vector, rows, params, retain_graph, group)
+        resolved = as_param_list(params, vector)
+        coverage = cover_linear_layers([vector], resolved, calls)
+        self.__dict__["_watch_report"] = coverage
+        if not coverage.calls:
+            return super()._parameter_update(vector, rows, resolved, retain_graph, group)
+        outputs = [call.output for call in coverage.calls]
+        jacobian, used = task_jacobian_matrix(
+            rows, outputs + coverage.rest, retain_graph, memo_of(self)
+        )
+        width = sum(y.numel() for y in outputs)
+        blocks = LinearBlocks(coverage, jacobian[:, :width])
+        rest = jacobian[:, width:]
+        matrix = blocks.gramian()
+        if coverage.rest:
+            matrix = matrix + gramian(rest)
+        weights = self._gramian_weights(matrix, None, jacobian.dtype)
+        covered = blocks.updates(weights)
+        targets, updates = [p for p, _ in covered], [u for _, u in covered]
+        if coverage.rest:
+            pieces = (weights @ rest).split([p.numel() for p in coverage.rest])
+            for param, piece, flag in zip(coverage.rest, pieces, used[len(outputs) :]):
+                if flag:
+                    targets.append(param)
+                    updates.append(piece)
+        return targets, updates
+
     def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
         matrix = gramian(jacobian)
         if sharded:
             all_reduce_sum_(matrix, group)
+        return self._gramian_weights(matrix, group, jacobian.dtype) @ jacobian
+
+    def _gramian_weights(
+        self, matrix: torch.Tensor, group: object, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``weights(matrix)``, checked (finite diagonal, K entries) and broadcast."""
         check_finite_tasks(~torch.isfinite(matrix.diagonal()), "Gramian diagonal")
         n_tasks = matrix.shape[0]
         weights = self.weights(matrix)
@@ -448,5 +534,4 @@ class GramianWeighting(GradientCombiner):
                 f"{type(self).__name__}.weights must return a tensor of shape ({n_tasks},); "
                 f"got {getattr(weights, 'shape', type(weights).__name__)}"
             )
-        weights = broadcast_from_first(weights.detach().to(jacobian.dtype).contiguous(), group)
-        return weights @ jacobian
+        return broadcast_from_first(weights.detach().to(dtype).contiguous(), group)

@@ -1,0 +1,380 @@
+"""The Gramian of the per-task gradients of linear layers, from their activations.
+
+For a linear layer ``y = x Wᵀ + b`` (``x``: R×n once its leading dimensions are
+flattened into R rows, ``W``: m×n) and task k with output gradient ``δ_k = ∂L_k/∂y``
+(R×m), the task's parameter gradients are
+
+    ∇_W L_k = δ_kᵀ x,        ∇_b L_k = δ_kᵀ 1,
+
+so their contribution to the Gramian ``G = J Jᵀ`` of the per-task gradients is
+
+    G_ij += ⟨δ_iᵀ x, δ_jᵀ x⟩ = tr(δ_iᵀ (x xᵀ) δ_j),        G_ij += (1ᵀ δ_i)·(1ᵀ δ_j),
+
+and once the task weights w are known the layer's update is ``(Σ_k w_k δ_k)ᵀ x`` (and
+``Σ_k w_k δ_kᵀ 1``): one matrix product, with no K×(m·n) block of the Jacobian ever
+written. A layer called several times (a weight shared over calls) stacks the rows of its
+calls. :meth:`moopt.GramianWeighting.watch` installs the forward hooks that record the
+calls (:class:`LinearWatch`); :func:`cover_linear_layers` decides, for one backward,
+which parameters this formula may serve; :class:`LinearBlocks` does the arithmetic.
+
+Two exact ways to form a weight's Gramian block, chosen per weight by a flop count
+(multiply-adds, R rows, m outputs, n inputs, K tasks):
+
+* **kernel form** ``tr(δ_iᵀ (x xᵀ) δ_j)``: ``R²·n + K·R²·m + K²·R·m``;
+* **explicit form**: the K weight gradients ``δ_kᵀ x`` of this one layer, then their
+  Gramian: ``K·R·m·n + K²·m·n``, with a transient K×m×n block for this layer alone.
+
+The kernel form wins when the rows are few against the layer's width (a small batch
+through wide layers); the explicit form wins for narrow outputs (a head with m = 1) or
+many rows (long sequences).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+_LOG = logging.getLogger("moopt")
+
+_LINEAR_NODE_KINDS = frozenset(
+    {
+        "AccumulateGrad",
+        "AddBackward",
+        "AddmmBackward",
+        "CloneBackward",
+        "ExpandBackward",
+        "MmBackward",
+        "ReshapeAliasBackward",
+        "SqueezeBackward",
+        "TBackward",
+        "UnsafeViewBackward",
+        "UnsqueezeBackward",
+        "ViewBackward",
+    }
+)
+"""Autograd node types (without their version suffix) that ``F.linear`` produces on the
+path from its output to its weight, bias and input; a call whose own part of the graph
+holds any other node (a dtype cast under autocast, a tensor subclass's own op) is not
+used."""
+
+
+@dataclass(frozen=True, eq=False)
+class LinearCall:
+    """One recorded call ``output = F.linear(input, weight, bias)`` of a watched layer.
+
+    ``output_node``/``input_node`` are the autograd nodes of ``output`` and ``input`` at
+    the time of the call, and the versions their in-place counters then: an in-place
+    change afterwards (``nn.ReLU(inplace=True)`` on the output, say) makes the record
+    unusable, and the layer falls back to its Jacobian rows.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    input: torch.Tensor
+    output: torch.Tensor
+    output_node: object
+    input_node: object | None
+    versions: tuple[int, int]
+
+    def unchanged(self) -> bool:
+        """Whether input and output are still what the layer computed."""
+        return (
+            self.output.grad_fn is self.output_node
+            and (self.input._version, self.output._version) == self.versions
+        )
+
+
+class LinearWatch:
+    """The handle :meth:`moopt.GramianWeighting.watch` returns: forward hooks on every
+    ``nn.Linear`` of a module, recording each call made with gradients enabled.
+
+    ``remove()`` takes the hooks off (and forgets the records); the handle is also a
+    context manager that removes them on exit. ``records`` are the calls recorded since
+    the last ``backward`` of the owning combiner (which consumes and clears them);
+    ``clear()`` drops them by hand (records of forward passes that are never followed by
+    the combiner's ``backward`` keep their tensors alive until then).
+
+    Not recorded: calls under ``torch.no_grad()``/inference mode or whose output does
+    not require grad, subclasses of ``nn.Linear`` that override ``forward``, and calls
+    whose input, weight, bias and output do not share one dtype (autocast).
+    """
+
+    def __init__(self, module: nn.Module, owner: list[LinearWatch]) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
+        layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        if not layers:
+            raise ValueError(
+                f"module ({type(module).__name__}) contains no torch.nn.Linear layer to watch"
+            )
+        self._records: list[LinearCall] = []
+        self._owner = owner
+        self._hooks = [
+            layer.register_forward_hook(self._record, with_kwargs=True, prepend=True)
+            for layer in layers
+        ]
+        owner.append(self)
+
+    @property
+    def records(self) -> tuple[LinearCall, ...]:
+        """The calls recorded since the last ``backward`` (or ``clear()``)."""
+        return tuple(self._records)
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are still installed."""
+        return bool(self._hooks)
+
+    def clear(self) -> None:
+        """Forget the recorded calls."""
+        self._records.clear()
+
+    def remove(self) -> None:
+        """Take the hooks off and forget the records (idempotent)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._records.clear()
+        if self in self._owner:
+            self._owner.remove(self)
+
+    def __enter__(self) -> LinearWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def _record(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not torch.is_grad_enabled() or type(layer).forward is not nn.Linear.forward:
+            return
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
+            return
+        weight, bias = layer.weight, layer.bias
+        dtypes = {x.dtype, output.dtype, weight.dtype, weight.dtype if bias is None else bias.dtype}
+        if output.grad_fn is None or len(dtypes) != 1:
+            return
+        self._records.append(
+            LinearCall(
+                weight, bias, x, output, output.grad_fn, x.grad_fn, (x._version, output._version)
+            )
+        )
+
+
+def recorded_calls(watches: Iterable[LinearWatch]) -> list[LinearCall]:
+    """The calls recorded by ``watches``, each once (overlapping watches record twice)."""
+    seen: set[int] = set()
+    calls = []
+    for watch in watches:
+        for call in watch.records:
+            if id(call.output) not in seen:
+                seen.add(id(call.output))
+                calls.append(call)
+    return calls
+
+
+def _kind(node: object) -> str:
+    return type(node).__name__.rstrip("0123456789")
+
+
+def _own_nodes(call: LinearCall) -> dict[int, object] | None:
+    """The autograd nodes of one call (from its output down to, not into, its input), or
+    ``None`` when they are not the plain ``F.linear`` graph this module understands."""
+    allowed_leaves = {id(call.weight), id(call.input)}
+    if call.bias is not None:
+        allowed_leaves.add(id(call.bias))
+    nodes: dict[int, object] = {}
+    stack = [call.output_node]
+    while stack:
+        node = stack.pop()
+        if node is None or node is call.input_node or id(node) in nodes:
+            continue
+        if _kind(node) not in _LINEAR_NODE_KINDS:
+            return None
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) not in allowed_leaves:
+            return None
+        nodes[id(node)] = node
+        stack.extend(child for child, _ in node.next_functions)
+    return nodes
+
+
+@dataclass
+class Coverage:
+    """Which of ``params`` one backward takes from activations, and how.
+
+    ``calls``: the recorded calls whose output gradients are needed, in a fixed order;
+    ``weights``/``biases``: each covered weight or bias with the indices (into ``calls``)
+    of the calls that use it; ``rest``: the parameters that fall back to Jacobian rows,
+    in the order of ``params``.
+    """
+
+    calls: list[LinearCall] = field(default_factory=list)
+    weights: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
+    biases: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
+    rest: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def covered(self) -> list[torch.Tensor]:
+        """The parameters served by the activation formula."""
+        return [p for p, _ in self.weights] + [p for p, _ in self.biases]
+
+
+def _graph_parents(
+    roots: Sequence[torch.Tensor], candidates: dict[int, torch.Tensor]
+) -> tuple[dict[int, object], dict[int, set[int]]]:
+    """Every autograd node behind ``roots`` (by id, kept alive so that ids stay unique),
+    and for each candidate leaf the ids of the nodes with an edge to its
+    ``AccumulateGrad``."""
+    nodes: dict[int, object] = {}
+    parents: dict[int, set[int]] = {key: set() for key in candidates}
+    stack = [root.grad_fn for root in roots if root.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)
+            if variable is not None and id(variable) in parents:
+                parents[id(variable)].add(id(node))
+            stack.append(child)
+    return nodes, parents
+
+
+def cover_linear_layers(
+    roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor], calls: Sequence[LinearCall]
+) -> Coverage:
+    """Decide which of ``params`` the activation formula serves in the graph of ``roots``.
+
+    A parameter is covered when it is a leaf used as the weight (or as the bias) of
+    recorded, unchanged calls that ``roots`` reach, and every edge of the autograd graph
+    into its ``AccumulateGrad`` comes from those calls' own nodes (:func:`_own_nodes`):
+    then its gradient for every task is exactly the sum over those calls of ``δᵀ x``
+    (``δᵀ 1``). Anything else (a weight tied to an embedding or used by
+    ``F.linear(h, layer.weight.T)``, a call whose output was changed in place, a
+    parametrised weight, a layer the losses do not reach) is left in ``rest``.
+    """
+    param_ids = {id(p) for p in params if p.grad_fn is None}
+    candidates: dict[int, torch.Tensor] = {}
+    for call in calls:
+        for tensor in (call.weight, call.bias):
+            if tensor is not None and id(tensor) in param_ids:
+                candidates[id(tensor)] = tensor
+    if not candidates:
+        return Coverage(rest=list(params))
+    nodes, parents = _graph_parents(roots, candidates)
+    uses: dict[int, list[tuple[int, str]]] = {key: [] for key in candidates}
+    own: list[dict[int, object] | None] = []
+    for index, call in enumerate(calls):
+        reached = id(call.output_node) in nodes and call.unchanged()
+        own.append(_own_nodes(call) if reached else None)
+        for tensor, role in ((call.weight, "weight"), (call.bias, "bias")):
+            if tensor is not None and id(tensor) in uses and reached:
+                uses[id(tensor)].append((index, role))
+    chosen: dict[int, tuple[str, list[int]]] = {}
+    for key, found in uses.items():
+        roles = {role for _, role in found}
+        indices = [index for index, _ in found]
+        legitimate: set[int] = set()
+        sound = bool(found) and len(roles) == 1
+        for index in indices:
+            call_nodes = own[index]
+            if call_nodes is None or not parents[key] & call_nodes.keys():
+                sound = False
+                break
+            legitimate |= call_nodes.keys()
+        if sound and parents[key] <= legitimate:
+            chosen[key] = (roles.pop(), indices)
+    order: dict[int, int] = {}
+    coverage = Coverage()
+    for p in params:
+        if id(p) not in chosen:
+            coverage.rest.append(p)
+            continue
+        role, indices = chosen[id(p)]
+        local = [order.setdefault(i, len(order)) for i in indices]
+        (coverage.weights if role == "weight" else coverage.biases).append((p, local))
+    coverage.calls = [calls[i] for i in order]
+    if coverage.rest and chosen:
+        _LOG.debug("watch: %d parameter(s) fall back to Jacobian rows", len(coverage.rest))
+    return coverage
+
+
+def kernel_form_is_cheaper(rows: int, outputs: int, inputs: int, tasks: int) -> bool:
+    """Whether ``tr(δ_iᵀ (x xᵀ) δ_j)`` costs fewer multiply-adds than the K explicit
+    weight gradients and their Gramian (module docstring)."""
+    kernel = rows * rows * inputs + tasks * rows * rows * outputs + tasks * tasks * rows * outputs
+    explicit = tasks * rows * outputs * inputs + tasks * tasks * outputs * inputs
+    return kernel <= explicit
+
+
+class LinearBlocks:
+    """The Gramian blocks and the updates of the covered parameters of one backward.
+
+    ``deltas``: the K×(Σ_c numel(output_c)) block of per-task output gradients, the
+    calls side by side in ``coverage.calls`` order (as the per-task gradient engine
+    writes them).
+    """
+
+    def __init__(self, coverage: Coverage, deltas: torch.Tensor) -> None:
+        self.coverage = coverage
+        self.n_tasks = deltas.shape[0]
+        sizes = [call.output.numel() for call in coverage.calls]
+        self._deltas = [
+            block.reshape(self.n_tasks, -1, call.output.shape[-1])
+            for block, call in zip(deltas.split(sizes, 1), coverage.calls)
+        ]
+
+    def _rows(self, indices: list[int]) -> torch.Tensor:
+        """K×R×m: the output gradients of these calls, rows stacked."""
+        blocks = [self._deltas[i] for i in indices]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+
+    def _inputs(self, indices: list[int]) -> torch.Tensor:
+        """R×n: the inputs of these calls, rows stacked."""
+        flat = [self.coverage.calls[i].input.detach() for i in indices]
+        flat = [x.reshape(-1, x.shape[-1]) for x in flat]
+        return flat[0] if len(flat) == 1 else torch.cat(flat, 0)
+
+    def gramian(self) -> torch.Tensor:
+        """Σ over covered parameters of their K×K Gramian blocks (symmetrised)."""
+        k = self.n_tasks
+        first = self._deltas[0]
+        total = torch.zeros(k, k, dtype=first.dtype, device=first.device)
+        kernels: dict[tuple[int, ...], torch.Tensor] = {}  # layers fed the same input share x xᵀ
+        with torch.no_grad():
+            for _, indices in self.coverage.weights:
+                deltas, x = self._rows(indices), self._inputs(indices)
+                rows, outputs = deltas.shape[1], deltas.shape[2]
+                if kernel_form_is_cheaper(rows, outputs, x.shape[1], k):
+                    key = tuple(id(self.coverage.calls[i].input) for i in indices)
+                    kernel = kernels.get(key)
+                    if kernel is None:
+                        kernel = kernels[key] = x @ x.T
+                    total.addmm_(deltas.flatten(1), torch.matmul(kernel, deltas).flatten(1).T)
+                else:
+                    grads = torch.matmul(deltas.mT, x).flatten(1)
+                    total.addmm_(grads, grads.T)
+            for _, indices in self.coverage.biases:
+                sums = self._rows(indices).sum(1)
+                total.addmm_(sums, sums.T)
+        return (total + total.T) / 2
+
+    def updates(self, weights: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(param, Σ_k w_k ∇_param L_k)`` for every covered parameter."""
+        pieces = []
+        with torch.no_grad():
+            for param, indices in self.coverage.weights:
+                deltas = self._rows(indices)
+                combined = (weights @ deltas.flatten(1)).reshape(deltas.shape[1:])
+                pieces.append((param, combined.T @ self._inputs(indices)))
+            for param, indices in self.coverage.biases:
+                pieces.append((param, weights @ self._rows(indices).sum(1)))
+        return pieces
