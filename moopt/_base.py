@@ -257,6 +257,12 @@ class GradientCombiner(Combiner):
     ``.grad``) never run on this graph; ``no_sync()`` states that intent and skips DDP's
     per-step bookkeeping. The communication per step is K times that of plain DDP in
     parameter mode, and only K² numbers (Gramian weightings) in ``features=`` mode.
+
+    **Activations instead of J.** A :class:`GramianWeighting` can take the Gramian and
+    the update of ``nn.Linear`` layers from their recorded inputs and output gradients
+    (``combiner.watch(model)``, see that class); this class's :meth:`watch` raises
+    ``TypeError``, because an ``aggregate(J)`` method needs the per-task gradients
+    themselves.
     """
 
     @abc.abstractmethod
@@ -289,11 +295,11 @@ class GradientCombiner(Combiner):
                 aggregation result of the wrong shape, parameters that do not require
                 grad, or features the losses do not depend on.
         """
-        vector = self.losses_vector(losses)
-        rows = vector if isinstance(losses, torch.Tensor) else list(losses)
-        group = resolve_group(process_group)
-        self.__dict__["_loss_values"] = all_reduce_mean_(vector.detach().clone(), group)
         try:
+            vector = self.losses_vector(losses)
+            rows = vector if isinstance(losses, torch.Tensor) else list(losses)
+            group = resolve_group(process_group)
+            self.__dict__["_loss_values"] = all_reduce_mean_(vector.detach().clone(), group)
             if features is None:
                 targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
                 accumulate_grads(targets, updates, fresh=True)
@@ -435,7 +441,7 @@ class GradientCombiner(Combiner):
 
 
 class GramianWeighting(GradientCombiner):
-    """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
+    r"""A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
 
     In :meth:`backward` the K×K Gramian is computed by :func:`moopt._jacobian.gramian`
     (one product, or a sum over column chunks where that measured faster) and the update
@@ -448,6 +454,55 @@ class GramianWeighting(GradientCombiner):
     beyond a normal backward after that point; the peak while the K gradients are being
     computed is K·D either way. In ``features=`` mode only the K×(B·F) feature gradients
     are ever held.
+
+    **Linear layers from their activations (opt-in: ``watch``).** Call
+    ``handle = combiner.watch(model)`` once; ``combiner.backward(losses)`` is then used
+    as before. Forward hooks record every call of an ``nn.Linear`` inside ``model`` made
+    with gradients enabled (its input ``x`` and output ``y``). In parameter mode without
+    a process group, :meth:`backward` runs its K backward passes only down to the
+    recorded outputs (and to the parameters that are not covered, below), so autograd
+    never forms the K weight gradients of the covered layers. For ``y = x Wᵀ + b`` with
+    ``x`` flattened to R×n rows and task k's output gradient ``δ_k = ∂L_k/∂y`` (R×m),
+    ``∇_W L_k = δ_kᵀ x`` and ``∇_b L_k = δ_kᵀ 1``, so the layer adds
+
+    .. math:: G_{ij} \mathrel{+}= \operatorname{tr}(δ_iᵀ (x xᵀ) δ_j) + (1ᵀ δ_i)·(1ᵀ δ_j)
+
+    to the Gramian, and once ``w = weights(G)`` is known its update is
+    ``(Σ_k w_k δ_k)ᵀ x`` (and ``Σ_k w_k δ_kᵀ 1``): one product per layer, no second
+    backward. A layer called several times stacks the rows of its calls. Per weight, the
+    kernel form above (``R²·n + K·R²·m + K²·R·m`` multiply-adds) or the K explicit weight
+    gradients of that layer and their Gramian (``K·R·m·n + K²·m·n``) is used, whichever
+    count is smaller (:mod:`moopt._activations`); both are exact, and the result equals
+    the Jacobian route's up to round-off (``tests/test_watch.py``, 1e-10 in float64).
+
+    A parameter is *covered* when it is the weight or bias of recorded calls that the
+    losses reach and the autograd graph (walked from the losses at every step) reaches
+    it only through those calls' own ``F.linear`` nodes. Everything else falls back to
+    its rows of ``J`` from the same K backward passes, whose Gramian block is added and
+    whose update is ``w @ J_rest``: other layer types (convolutions, norms, embeddings),
+    a weight that is also used elsewhere (an output layer tied to an embedding,
+    ``F.linear(h, W.T)``), parametrised weights, subclasses of ``nn.Linear`` that
+    override ``forward``, calls whose output is changed in place afterwards
+    (``nn.ReLU(inplace=True)`` right after the layer) and calls under autocast (their
+    dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and records from
+    graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
+    covered and what fell back. :meth:`backward` consumes the records (in every mode,
+    also when it raises).
+
+    Not used in ``features=`` mode, nor under ``torch.distributed`` (a process group):
+    there the update must come from the rank-averaged per-task gradients, whose Gramian
+    ``⟨Σ_r g_i^r, Σ_s g_j^s⟩`` has cross-rank terms that no rank's activations give (it
+    is not the sum of the ranks' Gramians), so the Jacobian route runs as before.
+
+    Memory: instead of the K·(m·n + m) numbers of each covered layer's rows of J,
+    :meth:`backward` holds the K output gradients of its calls (K·R·m) and the hooks keep
+    each call's ``x`` and ``y`` alive from the forward to the backward (autograd usually
+    keeps ``x`` anyway). That is less when the rows are fewer than the layer's inputs
+    (R < n: a batch through wide layers) and more when they are many (long sequences);
+    the explicit form adds a transient K×m×n block for one layer at a time. Records of a
+    forward that is not followed by this combiner's :meth:`backward` (an evaluation pass
+    with gradients enabled) are kept until the next one or ``handle.clear()``; watch a
+    model with one combiner at a time. Measured speed: BENCHMARKS.md, "Training step".
     """
 
     @abc.abstractmethod
