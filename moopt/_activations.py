@@ -32,6 +32,7 @@ many rows (long sequences).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -113,11 +114,18 @@ class LinearWatch:
             )
         self._records: list[LinearCall] = []
         self._owner = owner
+        recorder = _Recorder(self)
         self._hooks = [
-            layer.register_forward_hook(self._record, with_kwargs=True, prepend=True)
+            layer.register_forward_hook(recorder, with_kwargs=True, prepend=True)
             for layer in layers
         ]
         owner.append(self)
+
+    def __deepcopy__(self, memo: dict) -> LinearWatch:
+        return _inactive_watch()
+
+    def __reduce__(self) -> tuple:
+        return _inactive_watch, ()
 
     @property
     def records(self) -> tuple[LinearCall, ...]:
@@ -163,6 +171,36 @@ class LinearWatch:
                 weight, bias, x, output, output.grad_fn, x.grad_fn, (x._version, output._version)
             )
         )
+
+
+def _inactive_watch() -> LinearWatch:
+    """What a copy (``copy.deepcopy``, pickling) of a combiner holds in place of its
+    watches: a removed handle that records nothing (the hooks stay with the original)."""
+    watch = LinearWatch.__new__(LinearWatch)
+    watch._records, watch._owner, watch._hooks = [], [], []
+    return watch
+
+
+class _Recorder:
+    """The forward hook of a :class:`LinearWatch`. It holds the watch weakly (a watch
+    whose combiner and handle are gone records nothing), and a copy of the module
+    (``copy.deepcopy``, pickling) gets an inert recorder: a copy is not watched."""
+
+    __slots__ = ("watch",)
+
+    def __init__(self, watch: LinearWatch | None) -> None:
+        self.watch = None if watch is None else weakref.ref(watch)
+
+    def __call__(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        watch = None if self.watch is None else self.watch()
+        if watch is not None:
+            watch._record(layer, args, kwargs, output)
+
+    def __deepcopy__(self, memo: dict) -> _Recorder:
+        return _Recorder(None)
+
+    def __reduce__(self) -> tuple:
+        return _Recorder, (None,)
 
 
 def recorded_calls(watches: Iterable[LinearWatch]) -> list[LinearCall]:

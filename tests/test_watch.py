@@ -9,6 +9,9 @@ passes because everything fell back.
 from __future__ import annotations
 
 import copy
+import gc
+import io
+import weakref
 
 import pytest
 import torch
@@ -396,3 +399,28 @@ def test_non_gramian_combiners_and_bad_modules_are_rejected():
         moopt.MGDA().watch(torch.zeros(2))
     with pytest.raises(ValueError, match="contains no torch.nn.Linear"):
         moopt.MGDA().watch(nn.Sequential(nn.ReLU()))
+
+
+def test_copies_of_a_watched_model_or_combiner_are_not_watched():
+    model, x, targets = make(Net, (5, 6))
+    combiner = moopt.MGDA()
+    handle = combiner.watch(model)
+    twin = copy.deepcopy(model)
+    twin(x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=False)(x)
+    assert handle.records == ()
+    clone = copy.deepcopy(combiner)
+    model(x)
+    assert len(handle.records) == 5 and not any(w.records for w in clone._watches)
+    clone_handle = clone._watches[0]
+    clone_handle.remove()  # the original's hooks stay
+    model(x)
+    assert len(handle.records) == 10
+    alive = weakref.ref(handle)
+    del combiner, clone, handle, clone_handle
+    gc.collect()
+    assert alive() is None  # the hooks do not keep a watch (and its records) alive
+    model(x)  # and then record nothing
