@@ -12,6 +12,10 @@ step: zero the gradients, forward, and the backward of the method. Rows:
   and the same weighting updated by a second backward of ``Σ w_k L_k``, or with the
   per-task gradients from vmap's batched backward instead of the loop the engine uses on
   CPU (both alternatives measured here to justify the engine's choices);
+* moopt with ``watch`` (``combiner.watch(trunk)``, ``combiner.watch(heads)``): the
+  Gramian and the update of every linear layer from its recorded inputs and the K tasks'
+  output gradients, without the K×D Jacobian (each of these rows runs on its own copy
+  of the model, because watch hooks record every forward of the model they watch);
 * moopt ``features=`` mode (per-task gradients only down to the trunk output, then one
   trunk backward; MGDA-UB with the min-norm weighting);
 * torchjd (``autojac.backward`` + ``jac_to_grad``, and ``mtl_backward`` + ``jac_to_grad``)
@@ -21,8 +25,8 @@ step: zero the gradients, forward, and the backward of the method. Rows:
 The rows "moopt Mean" and "moopt MinNorm" use private stand-ins written for this
 benchmark (a mean through the generic ``aggregate(J)`` path, and MGDA's min-norm weights
 by 25 Frank-Wolfe steps), which isolate the engine; the rows "moopt.MGDA",
-"moopt.UPGrad", "moopt.PCGrad" use the library's aggregators, and "moopt.MGDA features="
-is the library's MGDA-UB.
+"moopt.UPGrad", "moopt.PCGrad" (and their "watch" rows) use the library's aggregators,
+and "moopt.MGDA features=" is the library's MGDA-UB.
 Time is the CPU time of this process (``time.process_time``) with one torch thread,
 which on an idle machine equals the wall-clock time of the step and on a shared one is
 not inflated by the time other processes hold the core. After a warm-up the methods

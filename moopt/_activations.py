@@ -358,61 +358,78 @@ class LinearBlocks:
 
     ``deltas``: the K×(Σ_c numel(output_c)) block of per-task output gradients, the
     calls side by side in ``coverage.calls`` order (as the per-task gradient engine
-    writes them).
+    writes them). Parameters are grouped into layers: a weight with the bias covered by
+    the same calls, or either alone, each with its K×R×m output gradients and (for a
+    weight) its R×n inputs, rows of all its calls stacked. In the kernel form the bias
+    of a layer comes for free: with ``x̃ = [x, 1]``, ``tr(δ_iᵀ x̃ x̃ᵀ δ_j)`` is the
+    weight's term plus ``(1ᵀ δ_i)·(1ᵀ δ_j)``, and ``x̃ x̃ᵀ = x xᵀ + 1 1ᵀ``.
     """
 
     def __init__(self, coverage: Coverage, deltas: torch.Tensor) -> None:
-        self.coverage = coverage
         self.n_tasks = deltas.shape[0]
-        sizes = [call.output.numel() for call in coverage.calls]
-        self._deltas = [
+        calls = coverage.calls
+        sizes = [call.output.numel() for call in calls]
+        per_call = [
             block.reshape(self.n_tasks, -1, call.output.shape[-1])
-            for block, call in zip(deltas.split(sizes, 1), coverage.calls)
+            for block, call in zip(deltas.split(sizes, 1), calls)
         ]
 
-    def _rows(self, indices: list[int]) -> torch.Tensor:
-        """K×R×m: the output gradients of these calls, rows stacked."""
-        blocks = [self._deltas[i] for i in indices]
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+        def rows(indices: tuple[int, ...]) -> torch.Tensor:
+            blocks = [per_call[i] for i in indices]
+            return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
 
-    def _inputs(self, indices: list[int]) -> torch.Tensor:
-        """R×n: the inputs of these calls, rows stacked."""
-        flat = [self.coverage.calls[i].input.detach() for i in indices]
-        flat = [x.reshape(-1, x.shape[-1]) for x in flat]
-        return flat[0] if len(flat) == 1 else torch.cat(flat, 0)
+        def inputs(indices: tuple[int, ...]) -> torch.Tensor:
+            flat = [calls[i].input.detach() for i in indices]
+            flat = [x.reshape(-1, x.shape[-1]) for x in flat]
+            return flat[0] if len(flat) == 1 else torch.cat(flat, 0)
+
+        biases = {tuple(indices): param for param, indices in coverage.biases}
+        self.layers: list[
+            tuple[
+                torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None, tuple
+            ]
+        ] = []
+        for weight, indices in coverage.weights:
+            key = tuple(indices)
+            bias = biases.pop(key, None)
+            sources = tuple(id(calls[i].input) for i in key) + (bias is not None,)
+            self.layers.append((weight, bias, rows(key), inputs(key), sources))
+        for key, bias in biases.items():
+            self.layers.append((None, bias, rows(key), None, ()))
 
     def gramian(self) -> torch.Tensor:
         """Σ over covered parameters of their K×K Gramian blocks (symmetrised)."""
         k = self.n_tasks
-        first = self._deltas[0]
-        total = torch.zeros(k, k, dtype=first.dtype, device=first.device)
-        kernels: dict[tuple[int, ...], torch.Tensor] = {}  # layers fed the same input share x xᵀ
+        like = self.layers[0][2]
+        total = torch.zeros(k, k, dtype=like.dtype, device=like.device)
+        kernels: dict[tuple, torch.Tensor] = {}  # layers fed the same input share x xᵀ
         with torch.no_grad():
-            for _, indices in self.coverage.weights:
-                deltas, x = self._rows(indices), self._inputs(indices)
-                rows, outputs = deltas.shape[1], deltas.shape[2]
-                if kernel_form_is_cheaper(rows, outputs, x.shape[1], k):
-                    key = tuple(id(self.coverage.calls[i].input) for i in indices)
-                    kernel = kernels.get(key)
+            for weight, bias, deltas, x, sources in self.layers:
+                if weight is None:
+                    sums = deltas.sum(1)
+                    total.addmm_(sums, sums.T)
+                elif kernel_form_is_cheaper(deltas.shape[1], deltas.shape[2], x.shape[1], k):
+                    kernel = kernels.get(sources)
                     if kernel is None:
-                        kernel = kernels[key] = x @ x.T
+                        kernel = x @ x.T
+                        kernels[sources] = kernel = kernel if bias is None else kernel.add_(1.0)
                     total.addmm_(deltas.flatten(1), torch.matmul(kernel, deltas).flatten(1).T)
                 else:
                     grads = torch.matmul(deltas.mT, x).flatten(1)
                     total.addmm_(grads, grads.T)
-            for _, indices in self.coverage.biases:
-                sums = self._rows(indices).sum(1)
-                total.addmm_(sums, sums.T)
-        return (total + total.T) / 2
+                    if bias is not None:
+                        sums = deltas.sum(1)
+                        total.addmm_(sums, sums.T)
+            return total.add_(total.T.clone()).mul_(0.5)
 
     def updates(self, weights: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(param, Σ_k w_k ∇_param L_k)`` for every covered parameter."""
         pieces = []
         with torch.no_grad():
-            for param, indices in self.coverage.weights:
-                deltas = self._rows(indices)
+            for weight, bias, deltas, x, _ in self.layers:
                 combined = (weights @ deltas.flatten(1)).reshape(deltas.shape[1:])
-                pieces.append((param, combined.T @ self._inputs(indices)))
-            for param, indices in self.coverage.biases:
-                pieces.append((param, weights @ self._rows(indices).sum(1)))
+                if weight is not None:
+                    pieces.append((weight, combined.T @ x))
+                if bias is not None:
+                    pieces.append((bias, combined.sum(0)))
         return pieces
