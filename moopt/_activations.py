@@ -8,7 +8,7 @@ flattened into R rows, ``W``: m×n) and task k with output gradient ``δ_k = ∂
 
 so their contribution to the Gramian ``G = J Jᵀ`` of the per-task gradients is
 
-    G_ij += ⟨δ_iᵀ x, δ_jᵀ x⟩ = tr(δ_iᵀ (x xᵀ) δ_j),        G_ij += (1ᵀ δ_i)·(1ᵀ δ_j),
+    G_ij += ⟨δ_iᵀ x, δ_jᵀ x⟩ + ⟨δ_iᵀ 1, δ_jᵀ 1⟩ = tr(δ_iᵀ (x xᵀ + 1 1ᵀ) δ_j)
 
 and once the task weights w are known the layer's update is ``(Σ_k w_k δ_k)ᵀ x`` (and
 ``Σ_k w_k δ_kᵀ 1``): one matrix product, with no K×(m·n) block of the Jacobian ever
@@ -20,9 +20,13 @@ which parameters this formula may serve; :class:`LinearBlocks` does the arithmet
 Two exact ways to form a weight's Gramian block, chosen per weight by a flop count
 (multiply-adds, R rows, m outputs, n inputs, K tasks):
 
-* **kernel form** ``tr(δ_iᵀ (x xᵀ) δ_j)``: ``R²·n + K·R²·m + K²·R·m``;
+* **kernel form** ``tr(δ_iᵀ (x xᵀ + 1 1ᵀ) δ_j)`` (the ``1 1ᵀ`` only with a bias):
+  ``R²·n + K·R²·m + K²·R·m``;
 * **explicit form**: the K weight gradients ``δ_kᵀ x`` of this one layer, then their
-  Gramian: ``K·R·m·n + K²·m·n``, with a transient K×m×n block for this layer alone.
+  Gramian: ``K·R·m·n + K²·m·n``, with a transient K×m×n block for this layer alone
+  (the bias adds the Gramian of the K row sums ``δ_kᵀ 1``).
+
+The update ``(Σ_k w_k δ_k)ᵀ x`` (``R·m·n``) is the same in both.
 
 The kernel form wins when the rows are few against the layer's width (a small batch
 through wide layers); the explicit form wins for narrow outputs (a head with m = 1) or
@@ -260,6 +264,24 @@ class Coverage:
     def covered(self) -> list[torch.Tensor]:
         """The parameters served by the activation formula."""
         return [p for p, _ in self.weights] + [p for p, _ in self.biases]
+
+
+@dataclass(frozen=True)
+class WatchReport:
+    """What one :meth:`~moopt.GramianWeighting.backward` took from watched activations.
+
+    ``covered``: the parameters served by the activation formula; ``fallback``: those
+    whose per-task gradients came from Jacobian rows; ``calls``: how many recorded layer
+    calls were used. (It holds no activations: they are freed with the step.)
+    """
+
+    covered: tuple[torch.Tensor, ...]
+    fallback: tuple[torch.Tensor, ...]
+    calls: int
+
+    @classmethod
+    def of(cls, coverage: Coverage) -> WatchReport:
+        return cls(tuple(coverage.covered), tuple(coverage.rest), len(coverage.calls))
 
 
 def _graph_parents(

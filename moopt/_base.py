@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from moopt._activations import (
-    Coverage,
     LinearBlocks,
     LinearWatch,
+    WatchReport,
     cover_linear_layers,
     recorded_calls,
 )
@@ -525,12 +525,12 @@ class GramianWeighting(GradientCombiner):
         return LinearWatch(module, self.__dict__.setdefault("_watches", []))
 
     @property
-    def watch_report(self) -> Coverage | None:
+    def watch_report(self) -> WatchReport | None:
         """What the latest :meth:`backward` took from watched activations: a
-        :class:`~moopt._activations.Coverage` whose ``covered`` parameters were served by
-        the activation formula and whose ``rest`` fell back to Jacobian rows; ``None``
-        when that backward did not try (nothing recorded, ``features=`` mode, or a
-        process group)."""
+        :class:`~moopt._activations.WatchReport` whose ``covered`` parameters were served
+        by the activation formula and whose ``fallback`` ones came from Jacobian rows;
+        ``None`` when that backward did not try (nothing recorded, ``features=`` mode, or
+        a process group)."""
         return self.__dict__.get("_watch_report")
 
     def _parameter_update(
@@ -547,7 +547,7 @@ class GramianWeighting(GradientCombiner):
             return super()._parameter_update(vector, rows, params, retain_graph, group)
         resolved = as_param_list(params, vector)
         coverage = cover_linear_layers([vector], resolved, calls)
-        self.__dict__["_watch_report"] = coverage
+        self.__dict__["_watch_report"] = WatchReport.of(coverage)
         if not coverage.calls:
             return super()._parameter_update(vector, rows, resolved, retain_graph, group)
         outputs = [call.output for call in coverage.calls]

@@ -104,7 +104,7 @@ def compare(method, model, step, params=None, **kwargs):
 def covered_names(combiner, model):
     names = {id(p): name for name, p in model.named_parameters()}
     report = combiner.watch_report
-    return {names[id(p)] for p in report.covered}, {names[id(p)] for p in report.rest}
+    return {names[id(p)] for p in report.covered}, {names[id(p)] for p in report.fallback}
 
 
 def test_every_gramian_weighting_is_tested():
@@ -193,7 +193,7 @@ class Twice(nn.Module):
 def test_layer_called_twice_and_weight_shared_by_two_linear_modules(method):
     model, x, targets = make(Twice, (7, 5), n_tasks=2)
     combiner, *_ = compare(method, model, lambda m: mse_losses(m(x), targets))
-    assert combiner.watch_report.rest == []
+    assert combiner.watch_report.fallback == ()
 
 
 class TiedEmbedding(nn.Module):
@@ -268,7 +268,7 @@ def test_records_of_other_graphs_and_no_grad_forwards_are_ignored():
         return mse_losses(m(x), targets)
 
     combiner, *_ = compare("UPGrad", model, step)
-    assert len(combiner.watch_report.calls) == 5
+    assert combiner.watch_report.calls == 5
 
 
 def test_watch_lifecycle():
@@ -286,8 +286,13 @@ def test_watch_lifecycle():
     assert len(handle.records) == 5 and handle.active
     handle.clear()
     assert handle.records == ()
-    combiner.backward(mse_losses(model(x), targets))
+    losses = mse_losses(model(x), targets)
+    output = weakref.ref(handle.records[0].output)
+    combiner.backward(losses)
     assert handle.records == () and combiner.watch_report is not None
+    del losses
+    gc.collect()
+    assert output() is None  # nothing keeps the step's activations after backward
     handle.remove()
     model(x)
     assert handle.records == () and not handle.active
@@ -312,7 +317,7 @@ def test_overlapping_watches_record_each_call_once():
     combiner = method()
     combiner.watch(model_copy)
     combiner.backward(mse_losses(model_copy(x), targets))
-    assert len(combiner.watch_report.calls) == 5
+    assert combiner.watch_report.calls == 5
     assert_same_grads(reference, [p.grad for p in model_copy.parameters()])
 
 
