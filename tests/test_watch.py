@@ -21,6 +21,7 @@ from torch import nn
 import moopt
 from moopt import _activations, _base
 from moopt._activations import kernel_form_is_cheaper
+from moopt._jacobian import memo_of
 
 RTOL = 1e-10
 
@@ -94,10 +95,26 @@ def assert_same_grads(reference, watched):
         torch.testing.assert_close(b, a, rtol=RTOL, atol=RTOL * float(a.abs().max() + 1e-300))
 
 
+class RecordedGramian(moopt.GramianWeighting):
+    """``w_k = 1/‖g_k‖``, keeping every Gramian it is given (to compare them directly)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def weights(self, gramian: torch.Tensor) -> torch.Tensor:
+        self.seen.append(gramian.clone())
+        return gramian.diagonal().rsqrt()
+
+
 def compare(method, model, step, params=None, **kwargs):
+    """Both routes give the same ``.grad`` with ``method`` and the same Gramian (seen by
+    :class:`RecordedGramian`, whatever ``method`` does with it)."""
     reference, *_ = run(method, model, step, False, params, **kwargs)
     watched, combiner, handle, copy_ = run(method, model, step, True, params, **kwargs)
     assert_same_grads(reference, watched)
+    gramians = [run(RecordedGramian, model, step, w, params, **kwargs)[1].seen for w in (0, 1)]
+    torch.testing.assert_close(gramians[1], gramians[0], rtol=RTOL, atol=0.0)
     return combiner, handle, copy_
 
 
@@ -429,3 +446,34 @@ def test_copies_of_a_watched_model_or_combiner_are_not_watched():
     gc.collect()
     assert alive() is None  # the hooks do not keep a watch (and its records) alive
     model(x)  # and then record nothing
+
+
+class Parallel(nn.Module):
+    """Three layers fed the same input (as query/key/value projections are), one
+    without bias: they share x xᵀ, but only those with a bias add 1 1ᵀ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(6, 5)
+        self.key = nn.Linear(6, 5, bias=False)
+        self.value = nn.Linear(6, 5)
+
+    def forward(self, x):
+        mixed = self.query(x) * torch.tanh(self.key(x)) + self.value(x)
+        return [mixed[..., :2].pow(2).mean(), mixed[..., 2:].sin().mean()]
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
+def test_layers_sharing_an_input_and_both_engine_paths(kernel, strategy, monkeypatch):
+    monkeypatch.setattr(_activations, "kernel_form_is_cheaper", lambda *_: kernel)
+
+    def method():
+        combiner = moopt.MGDA()
+        memo_of(combiner).strategy = strategy
+        return combiner
+
+    model, x, targets = make(Parallel, (4, 3, 6), n_tasks=2)
+    combiner, *_ = compare(method, model, lambda m: m(x))
+    assert combiner.watch_report.fallback == () and len(combiner.watch_report.covered) == 5
+    assert memo_of(combiner).batched_ok is (True if strategy == "batched" else None)
