@@ -17,20 +17,24 @@ calls. :meth:`moopt.GramianWeighting.watch` installs the forward hooks that reco
 calls (:class:`LinearWatch`); :func:`cover_linear_layers` decides, for one backward,
 which parameters this formula may serve; :class:`LinearBlocks` does the arithmetic.
 
-Two exact ways to form a weight's Gramian block, chosen per weight by a flop count
-(multiply-adds, R rows, m outputs, n inputs, K tasks):
+Per layer, by a count of multiply-adds (R rows, m outputs, n inputs, K tasks), a weight
+(with its bias) either takes this **kernel form**,
 
-* **kernel form** ``tr(δ_iᵀ (x xᵀ + 1 1ᵀ) δ_j)`` (the ``1 1ᵀ`` only with a bias):
-  ``R²·n + K·R²·m + K²·R·m``;
-* **explicit form**: the K weight gradients ``δ_kᵀ x`` of this one layer, then their
-  Gramian: ``K·R·m·n + K²·m·n``, with a transient K×m×n block for this layer alone
-  (the bias adds the Gramian of the K row sums ``δ_kᵀ 1``).
+* ``R²·n + K·R²·m + K²·R·m + R·m·n``: ``x xᵀ``, ``(x xᵀ) δ_k`` for every k, the inner
+  products, and the update,
 
-The update ``(Σ_k w_k δ_k)ᵀ x`` (``R·m·n``) is the same in both.
+or keeps its **Jacobian rows** (the plain route, for this layer only),
 
-The kernel form wins when the rows are few against the layer's width (a small batch
-through wide layers); the explicit form wins for narrow outputs (a head with m = 1) or
-many rows (long sequences).
+* ``K·R·m·n + K²·m·n + K·m·n``: the K weight gradients that autograd then forms in the
+  K backward passes, their Gramian, and ``w @ J``,
+
+whichever count is smaller (:func:`kernel_form_is_cheaper`). The kernel form wins when the
+rows are few against the layer's width (a batch through wide layers) and K is not tiny;
+the rows win for narrow outputs (a head with m = 1), for many rows (long sequences, where
+the K·R·m output gradients would also outweigh the K·m·n rows in memory) and mostly at
+K = 1. Forming the K weight gradients ``δ_kᵀ x`` from the recorded activations is not
+offered: it costs what the rows cost plus one more product (the update) and holds the
+output gradients besides, so it never needs fewer multiply-adds than the rows.
 """
 
 from __future__ import annotations
@@ -250,20 +254,19 @@ class Coverage:
     """Which of ``params`` one backward takes from activations, and how.
 
     ``calls``: the recorded calls whose output gradients are needed, in a fixed order;
-    ``weights``/``biases``: each covered weight or bias with the indices (into ``calls``)
-    of the calls that use it; ``rest``: the parameters that fall back to Jacobian rows,
-    in the order of ``params``.
+    ``layers``: each covered weight, its bias when that is covered with it (same calls),
+    and the indices (into ``calls``) of the calls that use them; ``rest``: the
+    parameters that keep their Jacobian rows, in the order of ``params``.
     """
 
     calls: list[LinearCall] = field(default_factory=list)
-    weights: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
-    biases: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
+    layers: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = field(default_factory=list)
     rest: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def covered(self) -> list[torch.Tensor]:
         """The parameters served by the activation formula."""
-        return [p for p, _ in self.weights] + [p for p, _ in self.biases]
+        return [p for weight, bias, _ in self.layers for p in (weight, bias) if p is not None]
 
 
 @dataclass(frozen=True)
@@ -309,17 +312,23 @@ def _graph_parents(
 
 
 def cover_linear_layers(
-    roots: Sequence[torch.Tensor], params: Sequence[torch.Tensor], calls: Sequence[LinearCall]
+    roots: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    calls: Sequence[LinearCall],
+    n_tasks: int,
 ) -> Coverage:
     """Decide which of ``params`` the activation formula serves in the graph of ``roots``.
 
-    A parameter is covered when it is a leaf used as the weight (or as the bias) of
-    recorded, unchanged calls that ``roots`` reach, and every edge of the autograd graph
-    into its ``AccumulateGrad`` comes from those calls' own nodes (:func:`_own_nodes`):
-    then its gradient for every task is exactly the sum over those calls of ``δᵀ x``
-    (``δᵀ 1``). Anything else (a weight tied to an embedding or used by
-    ``F.linear(h, layer.weight.T)``, a call whose output was changed in place, a
-    parametrised weight, a layer the losses do not reach) is left in ``rest``.
+    A weight is *sound* when it is a leaf used as the weight of recorded, unchanged calls
+    that ``roots`` reach, and every edge of the autograd graph into its
+    ``AccumulateGrad`` comes from those calls' own nodes (:func:`_own_nodes`): then its
+    gradient for every task is exactly the sum over those calls of ``δᵀ x``; likewise a
+    bias, with ``δᵀ 1``. A sound weight is covered when the kernel form is cheaper than its
+    Jacobian rows (:func:`kernel_form_is_cheaper`), and its bias with it when the bias is
+    sound and used by the same calls. Everything else (a weight tied to an embedding or
+    used by ``F.linear(h, layer.weight.T)``, a call whose output was changed in place, a
+    parametrised weight, a layer the losses do not reach, a bias whose weight is not
+    covered) is left in ``rest``.
     """
     param_ids = {id(p) for p in params if p.grad_fn is None}
     candidates: dict[int, torch.Tensor] = {}
@@ -338,53 +347,60 @@ def cover_linear_layers(
         for tensor, role in ((call.weight, "weight"), (call.bias, "bias")):
             if tensor is not None and id(tensor) in uses and reached:
                 uses[id(tensor)].append((index, role))
-    chosen: dict[int, tuple[str, list[int]]] = {}
+    sound: dict[int, tuple[str, tuple[int, ...]]] = {}
     for key, found in uses.items():
         roles = {role for _, role in found}
-        indices = [index for index, _ in found]
+        indices = tuple(index for index, _ in found)
         legitimate: set[int] = set()
-        sound = bool(found) and len(roles) == 1
+        ok = bool(found) and len(roles) == 1
         for index in indices:
             call_nodes = own[index]
             if call_nodes is None or not parents[key] & call_nodes.keys():
-                sound = False
+                ok = False
                 break
             legitimate |= call_nodes.keys()
-        if sound and parents[key] <= legitimate:
-            chosen[key] = (roles.pop(), indices)
+        if ok and parents[key] <= legitimate:
+            sound[key] = (roles.pop(), indices)
+    biases = {indices: key for key, (role, indices) in sound.items() if role == "bias"}
     order: dict[int, int] = {}
     coverage = Coverage()
+    covered: set[int] = set()
     for p in params:
-        if id(p) not in chosen:
-            coverage.rest.append(p)
+        role, indices = sound.get(id(p), ("", ()))
+        if role != "weight" or id(p) in covered:
             continue
-        role, indices = chosen[id(p)]
+        x, y = calls[indices[0]].input, calls[indices[0]].output
+        rows = sum(calls[i].input.numel() // x.shape[-1] for i in indices)
+        if not kernel_form_is_cheaper(rows, y.shape[-1], x.shape[-1], n_tasks):
+            continue
+        bias = candidates[biases[indices]] if indices in biases else None
         local = [order.setdefault(i, len(order)) for i in indices]
-        (coverage.weights if role == "weight" else coverage.biases).append((p, local))
+        coverage.layers.append((p, bias, local))
+        covered |= {id(p), id(bias)}
+    coverage.rest = [p for p in params if id(p) not in covered]
     coverage.calls = [calls[i] for i in order]
-    if coverage.rest and chosen:
-        _LOG.debug("watch: %d parameter(s) fall back to Jacobian rows", len(coverage.rest))
+    if coverage.rest and coverage.layers:
+        _LOG.debug("watch: %d parameter(s) keep their Jacobian rows", len(coverage.rest))
     return coverage
 
 
 def kernel_form_is_cheaper(rows: int, outputs: int, inputs: int, tasks: int) -> bool:
-    """Whether ``tr(δ_iᵀ (x xᵀ) δ_j)`` costs fewer multiply-adds than the K explicit
-    weight gradients and their Gramian (module docstring)."""
-    kernel = rows * rows * inputs + tasks * rows * rows * outputs + tasks * tasks * rows * outputs
-    explicit = tasks * rows * outputs * inputs + tasks * tasks * outputs * inputs
-    return kernel <= explicit
+    """Whether a layer's kernel form costs fewer multiply-adds than its Jacobian rows
+    (module docstring)."""
+    kernel = rows * rows * (inputs + tasks * outputs) + tasks * tasks * rows * outputs
+    jacobian = (tasks * rows + tasks * tasks + tasks) * outputs * inputs
+    return kernel + rows * outputs * inputs < jacobian
 
 
 class LinearBlocks:
-    """The Gramian blocks and the updates of the covered parameters of one backward.
+    """The Gramian blocks and the updates of the covered layers of one backward.
 
     ``deltas``: the K×(Σ_c numel(output_c)) block of per-task output gradients, the
     calls side by side in ``coverage.calls`` order (as the per-task gradient engine
-    writes them). Parameters are grouped into layers: a weight with the bias covered by
-    the same calls, or either alone, each with its K×R×m output gradients and (for a
-    weight) its R×n inputs, rows of all its calls stacked. In the kernel form the bias
-    of a layer comes for free: with ``x̃ = [x, 1]``, ``tr(δ_iᵀ x̃ x̃ᵀ δ_j)`` is the
-    weight's term plus ``(1ᵀ δ_i)·(1ᵀ δ_j)``, and ``x̃ x̃ᵀ = x xᵀ + 1 1ᵀ``.
+    writes them). Each layer gets its K×R×m output gradients and R×n inputs, the rows of
+    all its calls stacked. A bias costs nothing extra: with ``x̃ = [x, 1]``,
+    ``tr(δ_iᵀ x̃ x̃ᵀ δ_j)`` is the weight's term plus ``(1ᵀ δ_i)·(1ᵀ δ_j)``, and
+    ``x̃ x̃ᵀ = x xᵀ + 1 1ᵀ``.
     """
 
     def __init__(self, coverage: Coverage, deltas: torch.Tensor) -> None:
@@ -395,53 +411,35 @@ class LinearBlocks:
             block.reshape(self.n_tasks, -1, call.output.shape[-1])
             for block, call in zip(deltas.split(sizes, 1), calls)
         ]
-
-        def rows(indices: tuple[int, ...]) -> torch.Tensor:
+        self.layers = []
+        for weight, bias, indices in coverage.layers:
             blocks = [per_call[i] for i in indices]
-            return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
-
-        def inputs(indices: tuple[int, ...]) -> torch.Tensor:
-            flat = [calls[i].input.detach() for i in indices]
-            flat = [x.reshape(-1, x.shape[-1]) for x in flat]
-            return flat[0] if len(flat) == 1 else torch.cat(flat, 0)
-
-        biases = {tuple(indices): param for param, indices in coverage.biases}
-        self.layers: list[
-            tuple[
-                torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor | None, tuple
-            ]
-        ] = []
-        for weight, indices in coverage.weights:
-            key = tuple(indices)
-            bias = biases.pop(key, None)
-            sources = tuple(id(calls[i].input) for i in key) + (bias is not None,)
-            self.layers.append((weight, bias, rows(key), inputs(key), sources))
-        for key, bias in biases.items():
-            self.layers.append((None, bias, rows(key), None, ()))
+            inputs = [calls[i].input.detach() for i in indices]
+            inputs = [x.reshape(-1, x.shape[-1]) for x in inputs]
+            sources = tuple(id(calls[i].input) for i in indices) + (bias is not None,)
+            self.layers.append(
+                (
+                    weight,
+                    bias,
+                    blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1),
+                    inputs[0] if len(inputs) == 1 else torch.cat(inputs, 0),
+                    sources,
+                )
+            )
 
     def gramian(self) -> torch.Tensor:
-        """Σ over covered parameters of their K×K Gramian blocks (symmetrised)."""
+        """Σ over covered layers of their K×K Gramian blocks (symmetrised)."""
         k = self.n_tasks
         like = self.layers[0][2]
         total = torch.zeros(k, k, dtype=like.dtype, device=like.device)
         kernels: dict[tuple, torch.Tensor] = {}  # layers fed the same input share x xᵀ
         with torch.no_grad():
-            for weight, bias, deltas, x, sources in self.layers:
-                if weight is None:
-                    sums = deltas.sum(1)
-                    total.addmm_(sums, sums.T)
-                elif kernel_form_is_cheaper(deltas.shape[1], deltas.shape[2], x.shape[1], k):
-                    kernel = kernels.get(sources)
-                    if kernel is None:
-                        kernel = x @ x.T
-                        kernels[sources] = kernel = kernel if bias is None else kernel.add_(1.0)
-                    total.addmm_(deltas.flatten(1), torch.matmul(kernel, deltas).flatten(1).T)
-                else:
-                    grads = torch.matmul(deltas.mT, x).flatten(1)
-                    total.addmm_(grads, grads.T)
-                    if bias is not None:
-                        sums = deltas.sum(1)
-                        total.addmm_(sums, sums.T)
+            for _, bias, deltas, x, sources in self.layers:
+                kernel = kernels.get(sources)
+                if kernel is None:
+                    kernel = x @ x.T
+                    kernels[sources] = kernel = kernel if bias is None else kernel.add_(1.0)
+                total.addmm_(deltas.flatten(1), torch.matmul(kernel, deltas).flatten(1).T)
             return total.add_(total.T.clone()).mul_(0.5)
 
     def updates(self, weights: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -450,8 +448,7 @@ class LinearBlocks:
         with torch.no_grad():
             for weight, bias, deltas, x, _ in self.layers:
                 combined = (weights @ deltas.flatten(1)).reshape(deltas.shape[1:])
-                if weight is not None:
-                    pieces.append((weight, combined.T @ x))
+                pieces.append((weight, combined.T @ x))
                 if bias is not None:
                     pieces.append((bias, combined.sum(0)))
         return pieces

@@ -466,18 +466,22 @@ class GramianWeighting(GradientCombiner):
     ``∇_W L_k = δ_kᵀ x`` and ``∇_b L_k = δ_kᵀ 1``, so the layer adds
 
     .. math:: G_{ij} \mathrel{+}= \operatorname{tr}(δ_iᵀ (x xᵀ) δ_j) + (1ᵀ δ_i)·(1ᵀ δ_j)
+              = \operatorname{tr}(δ_iᵀ (x xᵀ + 1 1ᵀ) δ_j)
 
     to the Gramian, and once ``w = weights(G)`` is known its update is
     ``(Σ_k w_k δ_k)ᵀ x`` (and ``Σ_k w_k δ_kᵀ 1``): one product per layer, no second
-    backward. A layer called several times stacks the rows of its calls. Per weight, the
-    kernel form above (``R²·n + K·R²·m + K²·R·m`` multiply-adds) or the K explicit weight
-    gradients of that layer and their Gramian (``K·R·m·n + K²·m·n``) is used, whichever
-    count is smaller (:mod:`moopt._activations`); both are exact, and the result equals
-    the Jacobian route's up to round-off (``tests/test_watch.py``, 1e-10 in float64).
+    backward. A layer called several times stacks the rows of its calls. A layer takes
+    this form only where it needs fewer multiply-adds than its rows of J
+    (``R²·n + K·R²·m + K²·R·m + R·m·n`` against ``K·R·m·n + K²·m·n + K·m·n``,
+    :func:`moopt._activations.kernel_form_is_cheaper`): a batch through wide layers does,
+    a head with one output, a long sequence (R ≫ n) or K = 1 mostly keeps its rows. The
+    result equals the Jacobian route's up to round-off (``tests/test_watch.py``, the
+    updates and the Gramian to 1e-10 in float64).
 
-    A parameter is *covered* when it is the weight or bias of recorded calls that the
-    losses reach and the autograd graph (walked from the losses at every step) reaches
-    it only through those calls' own ``F.linear`` nodes. Everything else falls back to
+    A weight is *covered* when it is the weight of recorded calls that the losses reach,
+    the autograd graph (walked from the losses at every step) reaches it only through
+    those calls' own ``F.linear`` nodes, and the count above favours it; its bias is
+    covered with it when the same holds for the bias. Everything else falls back to
     its rows of ``J`` from the same K backward passes, whose Gramian block is added and
     whose update is ``w @ J_rest``: other layer types (convolutions, norms, embeddings),
     a weight that is also used elsewhere (an output layer tied to an embedding,
@@ -497,9 +501,8 @@ class GramianWeighting(GradientCombiner):
     Memory: instead of the K·(m·n + m) numbers of each covered layer's rows of J,
     :meth:`backward` holds the K output gradients of its calls (K·R·m) and the hooks keep
     each call's ``x`` and ``y`` alive from the forward to the backward (autograd usually
-    keeps ``x`` anyway). That is less when the rows are fewer than the layer's inputs
-    (R < n: a batch through wide layers) and more when they are many (long sequences);
-    the explicit form adds a transient K×m×n block for one layer at a time. Records of a
+    keeps ``x`` anyway). That is less where the kernel form is chosen, which needs rows
+    fewer than the layer's inputs (R < n). Records of a
     forward that is not followed by this combiner's :meth:`backward` (an evaluation pass
     with gradients enabled) are kept until the next one or ``handle.clear()``; watch a
     model with one combiner at a time. Measured speed: BENCHMARKS.md, "Training step".
@@ -546,9 +549,9 @@ class GramianWeighting(GradientCombiner):
         if not calls:
             return super()._parameter_update(vector, rows, params, retain_graph, group)
         resolved = as_param_list(params, vector)
-        coverage = cover_linear_layers([vector], resolved, calls)
+        coverage = cover_linear_layers([vector], resolved, calls, vector.numel())
         self.__dict__["_watch_report"] = WatchReport.of(coverage)
-        if not coverage.calls:
+        if not coverage.layers:
             return super()._parameter_update(vector, rows, resolved, retain_graph, group)
         outputs = [call.output for call in coverage.calls]
         jacobian, used = task_jacobian_matrix(

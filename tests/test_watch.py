@@ -26,6 +26,14 @@ from moopt._jacobian import memo_of
 RTOL = 1e-10
 
 
+@pytest.fixture(autouse=True)
+def kernel_everywhere(monkeypatch):
+    """Take every sound layer to the kernel form: on these small models the flop rule
+    would keep many layers' Jacobian rows, and the tests check the kernel form. Tests of
+    the rule itself put the real one back."""
+    monkeypatch.setattr(_activations, "kernel_form_is_cheaper", lambda *_: True)
+
+
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -145,23 +153,42 @@ def test_watch_equals_jacobian_route_with_3d_inputs_and_fallback_rows(method):
     assert handle.records == ()  # consumed by backward
 
 
-@pytest.mark.parametrize("kernel", [True, False])
+class WideTrunk(nn.Module):
+    """Two 32-wide layers and three one-output heads, batch 8: the flop rule takes the
+    trunk to the kernel form and keeps the heads' Jacobian rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+        self.heads = nn.ModuleList(nn.Linear(32, 1) for _ in range(3))
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return [head(h)[:, 0] for head in self.heads]
+
+
 @pytest.mark.parametrize("method", SOME)
-def test_kernel_and_explicit_forms_are_both_exact(method, kernel, monkeypatch):
-    monkeypatch.setattr(_activations, "kernel_form_is_cheaper", lambda *_: kernel)
-    model, x, targets = make(Net, (3, 6))
-    combiner, *_ = compare(method, model, lambda m: mse_losses(m(x), targets))
-    assert len(combiner.watch_report.covered) == 10
+def test_flop_rule_mixes_kernel_form_and_jacobian_rows(method, monkeypatch):
+    monkeypatch.setattr(_activations, "kernel_form_is_cheaper", kernel_form_is_cheaper)
+    model, x, targets = make(WideTrunk, (8, 32))
+    combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(x), targets))
+    covered, rest = covered_names(combiner, copy_)
+    assert covered == {f"trunk.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    assert rest == {f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
 
 
 def test_flop_rule_picks_the_cheaper_form():
-    assert kernel_form_is_cheaper(rows=128, outputs=512, inputs=512, tasks=8)  # wide trunk
+    assert kernel_form_is_cheaper(rows=128, outputs=512, inputs=512, tasks=2)  # wide trunk
+    assert not kernel_form_is_cheaper(rows=128, outputs=512, inputs=256, tasks=2)
+    assert kernel_form_is_cheaper(rows=128, outputs=512, inputs=256, tasks=4)
     assert not kernel_form_is_cheaper(rows=128, outputs=1, inputs=512, tasks=8)  # a head
     assert not kernel_form_is_cheaper(rows=8192, outputs=512, inputs=512, tasks=4)  # tokens
+    assert not kernel_form_is_cheaper(rows=128, outputs=512, inputs=512, tasks=1)
     rows, outputs, inputs, tasks = 10, 20, 30, 3
     kernel = rows**2 * inputs + tasks * rows**2 * outputs + tasks**2 * rows * outputs
-    explicit = tasks * rows * outputs * inputs + tasks**2 * outputs * inputs
-    assert kernel_form_is_cheaper(rows, outputs, inputs, tasks) == (kernel <= explicit)
+    jacobian = (tasks * rows + tasks**2 + tasks) * outputs * inputs
+    update = rows * outputs * inputs
+    assert kernel_form_is_cheaper(rows, outputs, inputs, tasks) == (kernel + update < jacobian)
 
 
 @pytest.mark.parametrize("method", SOME)
@@ -179,7 +206,8 @@ def test_params_subset(method):
         return [m.first.weight, m.norm.weight, m.heads[1].bias]
 
     combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(x), targets), params)
-    assert covered_names(combiner, copy_) == ({"first.weight", "heads.1.bias"}, {"norm.weight"})
+    # a bias is taken from activations only together with its weight
+    assert covered_names(combiner, copy_) == ({"first.weight"}, {"norm.weight", "heads.1.bias"})
     assert copy_.second.weight.grad is None and copy_.first.bias.grad is None
 
 
@@ -209,8 +237,10 @@ class Twice(nn.Module):
 @pytest.mark.parametrize("method", SOME)
 def test_layer_called_twice_and_weight_shared_by_two_linear_modules(method):
     model, x, targets = make(Twice, (7, 5), n_tasks=2)
-    combiner, *_ = compare(method, model, lambda m: mse_losses(m(x), targets))
-    assert combiner.watch_report.fallback == ()
+    combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(x), targets))
+    covered, rest = covered_names(combiner, copy_)
+    assert covered == {"shared.weight", "shared.bias", "left.weight"}
+    assert rest == {"left.bias", "right.bias"}  # used by other calls than the weight
 
 
 class TiedEmbedding(nn.Module):
@@ -220,12 +250,13 @@ class TiedEmbedding(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Embedding(11, 6)
+        self.mix = nn.Linear(6, 6)
         self.out = nn.Linear(6, 11)
         self.out.weight = self.embed.weight
         self.encoder = nn.Linear(11, 4)
 
     def forward(self, tokens):
-        logits = self.out(torch.tanh(self.embed(tokens)))
+        logits = self.out(torch.tanh(self.mix(self.embed(tokens))))
         code = torch.tanh(self.encoder(logits))
         return [logits.pow(2).mean(-1), F.linear(code, self.encoder.weight.T).pow(2).mean(-1)]
 
@@ -238,8 +269,8 @@ def test_tied_weights_fall_back_and_stay_exact(method):
     targets = torch.randn(2, 9, dtype=torch.float64)
     combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(tokens), targets))
     covered, rest = covered_names(combiner, copy_)
-    assert covered == {"out.bias", "encoder.bias"}
-    assert rest == {"embed.weight", "encoder.weight"}
+    assert covered == {"mix.weight", "mix.bias"}
+    assert rest == {"embed.weight", "out.bias", "encoder.weight", "encoder.bias"}
 
 
 class ConvThenLinear(nn.Module):
@@ -463,10 +494,8 @@ class Parallel(nn.Module):
         return [mixed[..., :2].pow(2).mean(), mixed[..., 2:].sin().mean()]
 
 
-@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("strategy", ["loop", "batched"])
-def test_layers_sharing_an_input_and_both_engine_paths(kernel, strategy, monkeypatch):
-    monkeypatch.setattr(_activations, "kernel_form_is_cheaper", lambda *_: kernel)
+def test_layers_sharing_an_input_and_both_engine_paths(strategy):
 
     def method():
         combiner = moopt.MGDA()
