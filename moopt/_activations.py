@@ -33,8 +33,9 @@ rows are few against the layer's width (a batch through wide layers) and K is no
 the rows win for narrow outputs (a head with m = 1), for many rows (long sequences, where
 the K·R·m output gradients would also outweigh the K·m·n rows in memory) and mostly at
 K = 1. Forming the K weight gradients ``δ_kᵀ x`` from the recorded activations is not
-offered: it costs what the rows cost plus one more product (the update) and holds the
-output gradients besides, so it never needs fewer multiply-adds than the rows.
+offered: it costs the rows' ``K·R·m·n + K²·m·n`` plus an update of ``R·m·n`` (the rows'
+``w @ J`` is ``K·m·n``) and holds the output gradients besides, so it needs no fewer
+multiply-adds than the rows whenever R ≥ K.
 """
 
 from __future__ import annotations
