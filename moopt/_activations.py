@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from moopt._jacobian import BatchedBackwardMemo, LossRows, gramian, task_jacobian_matrix
 
 _LOG = logging.getLogger("moopt")
 
@@ -453,3 +455,32 @@ class LinearBlocks:
                 if bias is not None:
                     pieces.append((bias, combined.sum(0)))
         return pieces
+
+
+def activation_update(
+    coverage: Coverage,
+    losses: LossRows,
+    retain_graph: bool,
+    memo: BatchedBackwardMemo,
+    solve: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One backward of a Gramian weighting with ``coverage``: the per-task engine down to
+    the covered calls' outputs and the other parameters, the Gramian (activation blocks
+    plus ``J_rest J_restᵀ``), ``w = solve(G)``, and the updates (``(Σ_k w_k δ_k)ᵀ x`` per
+    covered layer, ``w @ J_rest`` for the rest, left out for parameters no loss uses).
+    Returns the tensors to update and their updates."""
+    outputs = [call.output for call in coverage.calls]
+    jacobian, used = task_jacobian_matrix(losses, outputs + coverage.rest, retain_graph, memo)
+    width = sum(y.numel() for y in outputs)
+    blocks = LinearBlocks(coverage, jacobian[:, :width])
+    rest = jacobian[:, width:]
+    matrix = blocks.gramian()
+    if coverage.rest:
+        matrix = matrix + gramian(rest)
+    weights = solve(matrix)
+    pieces = blocks.updates(weights)
+    if coverage.rest:
+        split = (weights @ rest).split([p.numel() for p in coverage.rest])
+        flags = used[len(outputs) :]
+        pieces += [(p, u) for p, u, flag in zip(coverage.rest, split, flags) if flag]
+    return [p for p, _ in pieces], [u for _, u in pieces]

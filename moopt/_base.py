@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from moopt._activations import (
-    LinearBlocks,
     LinearWatch,
     WatchReport,
+    activation_update,
     cover_linear_layers,
     recorded_calls,
 )
@@ -501,11 +501,12 @@ class GramianWeighting(GradientCombiner):
     Memory: instead of the K·(m·n + m) numbers of each covered layer's rows of J,
     :meth:`backward` holds the K output gradients of its calls (K·R·m) and the hooks keep
     each call's ``x`` and ``y`` alive from the forward to the backward (autograd usually
-    keeps ``x`` anyway). That is less where the kernel form is chosen, which needs rows
-    fewer than the layer's inputs (R < n). Records of a
-    forward that is not followed by this combiner's :meth:`backward` (an evaluation pass
-    with gradients enabled) are kept until the next one or ``handle.clear()``; watch a
-    model with one combiner at a time. Measured speed: BENCHMARKS.md, "Training step".
+    keeps ``x`` anyway). That is less wherever the kernel form is chosen, because the
+    count above favours it only when the rows are fewer than the layer's inputs (R < n).
+    Records of a forward that is not followed by this combiner's :meth:`backward` (an
+    evaluation pass with gradients enabled) are kept until the next one or
+    ``handle.clear()``; watch a model with one combiner at a time. Measured speed:
+    BENCHMARKS.md, "Training step".
     """
 
     @abc.abstractmethod
@@ -553,26 +554,13 @@ class GramianWeighting(GradientCombiner):
         self.__dict__["_watch_report"] = WatchReport.of(coverage)
         if not coverage.layers:
             return super()._parameter_update(vector, rows, resolved, retain_graph, group)
-        outputs = [call.output for call in coverage.calls]
-        jacobian, used = task_jacobian_matrix(
-            rows, outputs + coverage.rest, retain_graph, memo_of(self)
+        return activation_update(
+            coverage,
+            rows,
+            retain_graph,
+            memo_of(self),
+            lambda matrix: self._gramian_weights(matrix, None, matrix.dtype),
         )
-        width = sum(y.numel() for y in outputs)
-        blocks = LinearBlocks(coverage, jacobian[:, :width])
-        rest = jacobian[:, width:]
-        matrix = blocks.gramian()
-        if coverage.rest:
-            matrix = matrix + gramian(rest)
-        weights = self._gramian_weights(matrix, None, jacobian.dtype)
-        covered = blocks.updates(weights)
-        targets, updates = [p for p, _ in covered], [u for _, u in covered]
-        if coverage.rest:
-            pieces = (weights @ rest).split([p.numel() for p in coverage.rest])
-            for param, piece, flag in zip(coverage.rest, pieces, used[len(outputs) :]):
-                if flag:
-                    targets.append(param)
-                    updates.append(piece)
-        return targets, updates
 
     def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
         matrix = gramian(jacobian)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import moopt
-from moopt import _activations, _base
+from moopt import _activations
 from moopt._activations import kernel_form_is_cheaper
 from moopt._jacobian import memo_of
 
@@ -372,14 +372,14 @@ def test_overlapping_watches_record_each_call_once():
 def test_engine_is_asked_for_output_gradients_not_weight_gradients(monkeypatch):
     """No K×D block for covered layers: the per-task engine returns K × (outputs + rest)."""
     widths = []
-    engine = _base.task_jacobian_matrix
+    engine = _activations.task_jacobian_matrix
 
     def spy(rows, inputs, *args):
         jacobian, used = engine(rows, inputs, *args)
         widths.append(jacobian.shape[1])
         return jacobian, used
 
-    monkeypatch.setattr(_base, "task_jacobian_matrix", spy)
+    monkeypatch.setattr(_activations, "task_jacobian_matrix", spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)).double()
     x = torch.randn(4, 64, dtype=torch.float64)
