@@ -506,3 +506,20 @@ def test_layers_sharing_an_input_and_both_engine_paths(strategy):
     combiner, *_ = compare(method, model, lambda m: m(x))
     assert combiner.watch_report.fallback == () and len(combiner.watch_report.covered) == 5
     assert memo_of(combiner).batched_ok is (True if strategy == "batched" else None)
+
+
+@pytest.mark.parametrize("method", SOME)
+def test_stacked_losses_and_a_trainable_input(method):
+    """Losses as one 1-D tensor, and a leaf tensor fed to a linear layer as its input (its
+    own rows come from J; the layer's weight still from activations)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    model.register_parameter("code", nn.Parameter(torch.randn(5, 6, dtype=torch.float64)))
+
+    def step(m):
+        out = m(m.code)
+        return torch.stack([out[:, 0].pow(2).mean(), out[:, 1].sin().sum(), out[:, 2].mean()])
+
+    combiner, _, copy_ = compare(method, model, step)
+    covered, rest = covered_names(combiner, copy_)
+    assert rest == {"code"} and len(covered) == 4
