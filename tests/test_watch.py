@@ -354,19 +354,14 @@ def test_watch_lifecycle():
 
 def test_overlapping_watches_record_each_call_once():
     model, x, targets = make(Net, (5, 6))
-
-    def method():
-        combiner = moopt.UPGrad()
-        combiner.watch(model_copy.heads)
-        return combiner
-
     reference, *_ = run("UPGrad", model, lambda m: mse_losses(m(x), targets), False)
-    model_copy = copy.deepcopy(model)
-    combiner = method()
-    combiner.watch(model_copy)
-    combiner.backward(mse_losses(model_copy(x), targets))
+    watched = copy.deepcopy(model)
+    combiner = moopt.UPGrad()
+    combiner.watch(watched)
+    combiner.watch(watched.heads)  # the heads are watched twice
+    combiner.backward(mse_losses(watched(x), targets))
     assert combiner.watch_report.calls == 5
-    assert_same_grads(reference, [p.grad for p in model_copy.parameters()])
+    assert_same_grads(reference, [p.grad for p in watched.parameters()])
 
 
 def test_engine_is_asked_for_output_gradients_not_weight_gradients(monkeypatch):
