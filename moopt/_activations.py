@@ -74,6 +74,20 @@ holds any other node (a dtype cast under autocast, a tensor subclass's own op) i
 used."""
 
 
+_LINEAR_OUTPUT_KINDS = frozenset(
+    {
+        "AddBackward",
+        "AddmmBackward",
+        "MmBackward",
+        "SqueezeBackward",
+        "UnsafeViewBackward",
+        "ViewBackward",
+    }
+)
+"""The node types that ``F.linear``'s output itself can have: an output whose node is
+anything else (a global forward hook that transposed or cloned it) is not recorded."""
+
+
 @dataclass(frozen=True, eq=False)
 class LinearCall:
     """One recorded call ``output = F.linear(input, weight, bias)`` of a watched layer.
@@ -111,8 +125,10 @@ class LinearWatch:
     the combiner's ``backward`` keep their tensors alive until then).
 
     Not recorded: calls under ``torch.no_grad()``/inference mode or whose output does
-    not require grad, subclasses of ``nn.Linear`` that override ``forward``, and calls
-    whose input, weight, bias and output do not share one dtype (autocast).
+    not require grad, subclasses of ``nn.Linear`` that override ``forward``, calls
+    whose input, weight, bias and output do not share one dtype (autocast), and outputs
+    that are not ``F.linear``'s own (changed by a global forward hook, which runs before
+    the watch's hook).
     """
 
     def __init__(self, module: nn.Module, owner: list[LinearWatch]) -> None:
@@ -175,7 +191,12 @@ class LinearWatch:
             return
         weight, bias = layer.weight, layer.bias
         dtypes = {x.dtype, output.dtype, weight.dtype, weight.dtype if bias is None else bias.dtype}
-        if output.grad_fn is None or len(dtypes) != 1:
+        if (
+            output.grad_fn is None
+            or len(dtypes) != 1
+            or output.shape != (*x.shape[:-1], weight.shape[0])
+            or _kind(output.grad_fn) not in _LINEAR_OUTPUT_KINDS
+        ):
             return
         self._records.append(
             LinearCall(

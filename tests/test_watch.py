@@ -518,3 +518,28 @@ def test_stacked_losses_and_a_trainable_input(method):
     combiner, _, copy_ = compare(method, model, step)
     covered, rest = covered_names(combiner, copy_)
     assert rest == {"code"} and len(covered) == 4
+
+
+def test_output_changed_by_a_global_forward_hook_is_not_recorded():
+    """A global forward hook runs before the watch's: a square output it transposes has
+    the right shape but is not F.linear's, so the layer keeps its Jacobian rows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)).double()
+    x = torch.randn(6, 6, dtype=torch.float64)
+
+    def transpose_first(module, args, output):
+        return output.t() if module is model_in_use[0][0] else None
+
+    model_in_use = [model]
+    hook = nn.modules.module.register_module_forward_hook(transpose_first)
+    try:
+
+        def step(m):
+            model_in_use[0] = m
+            out = m(x)
+            return [out[:, 0].pow(2).mean(), out[:, 1:].sin().mean()]
+
+        combiner, _, copy_ = compare("MGDA", model, step)
+    finally:
+        hook.remove()
+    assert covered_names(combiner, copy_) == ({"2.weight", "2.bias"}, {"0.weight", "0.bias"})
