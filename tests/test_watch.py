@@ -543,3 +543,20 @@ def test_output_changed_by_a_global_forward_hook_is_not_recorded():
     finally:
         hook.remove()
     assert covered_names(combiner, copy_) == ({"2.weight", "2.bias"}, {"0.weight", "0.bias"})
+
+
+def test_non_reentrant_activation_checkpointing():
+    """Non-reentrant checkpointing keeps the forward graph: the layers are covered and
+    exact (they run again inside the backward passes; those records are dropped).
+    (Reentrant checkpointing does not support ``torch.autograd.grad``, which every
+    route here uses.)"""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+
+    def step(m):
+        out = torch.utils.checkpoint.checkpoint(m, x, use_reentrant=False)
+        return [out[:, 0].pow(2).mean(), out[:, 1].sin().mean()]
+
+    combiner, handle, _ = compare("UPGrad", model, step)
+    assert len(combiner.watch_report.covered) == 4 and handle.records == ()
