@@ -324,3 +324,25 @@ def test_full_rank_test_needs_a_clear_margin() -> None:
     assert _two_tasks.full_rank((1.0, 0.0, 0.0, 100 * eps), torch.float64)
     smallest, largest = _two_tasks.eigenvalues((2.0, 1.0, 1.0, 2.0))
     assert (smallest, largest) == pytest.approx((1.0, 3.0), rel=1e-15)
+
+
+@pytest.mark.parametrize("n_tasks", [2, 8, 9])  # the host check up to K = 8, torch above
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gramian_is_refused_on_both_check_paths(n_tasks: int, bad: float) -> None:
+    jacobian = torch.randn(n_tasks, DIM, generator=torch.Generator().manual_seed(0)).double()
+    jacobian[1, 3] = bad
+    with pytest.raises(ValueError, match=r"tasks \[1\].*non-finite"):
+        gs.UPGrad().aggregate(jacobian)
+    gramian = torch.eye(n_tasks, dtype=torch.float64)
+    gramian[0, 1] = bad  # an off-diagonal entry alone: the rows with one are named
+    with pytest.raises(ValueError, match=r"tasks \[0\]"):
+        gs.MGDA().weights(gramian)
+
+
+@pytest.mark.parametrize("name", ["UPGrad", "PCGrad", "IMTLG", "ConFIG", "CAGrad interior"])
+def test_two_task_weights_have_the_gramians_dtype_and_device(name: str) -> None:
+    for dtype in (torch.float32, torch.float64):
+        jacobian = random_pair(3, 1.0, -1.0).to(dtype)
+        weights = GRADIENT_METHODS[name]().weights(jacobian @ jacobian.T)
+        assert weights.dtype == dtype and weights.shape == (2,)
+        assert weights.device == jacobian.device and not weights.requires_grad
