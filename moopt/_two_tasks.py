@@ -10,10 +10,11 @@ in ``tests/test_two_tasks.py`` compare every closed form with the general path.
 
 Why: the general paths launch 20–150 small torch ops (2–5 µs each) for a 2×2 problem.
 Here the entries are copied to the host once (:func:`pair_entries`) and the branches and
-arithmetic run on Python floats, then one tensor is built; when ``G`` requires grad the
-same formulas run on 0-d tensors of ``G`` instead, so the weights keep their derivative
-(branch decisions always use the floats). Python floats are float64: for a float32 ``G``
-the closed forms are computed more accurately than the float32 general path.
+arithmetic run on Python floats, then one tensor is built; when derivatives flow through
+``G`` (reverse or forward mode) the same formulas run on 0-d tensors of ``G`` instead, so
+the weights keep their derivative (branch decisions always use the floats). Python floats
+are float64: for a float32 ``G`` the closed forms are computed more accurately than the
+float32 general path.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 Scalar = float | torch.Tensor
 """A Python float, or a 0-d tensor of the Gramian when the weights need a derivative."""
@@ -30,27 +32,34 @@ Scalar = float | torch.Tensor
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
+def tracked(tensor: torch.Tensor) -> bool:
+    """Whether derivatives flow through ``tensor``: it requires grad (reverse mode,
+    ``torch.func.grad``) or carries a forward-mode tangent (``forward_ad``,
+    ``torch.func.jvp``)."""
+    return tensor.requires_grad or forward_ad.unpack_dual(tensor).tangent is not None
+
+
 def pair_entries(gramian: torch.Tensor) -> tuple[tuple[float, ...], Sequence[Scalar]]:
     """The entries ``(a, b, c, d)`` of a 2×2 ``gramian`` as Python floats (one copy to the
     host, for the branches), and the values to compute with: the same floats, or 0-d tensors
-    of ``gramian`` when it requires grad."""
+    of ``gramian`` when derivatives flow through it (:func:`tracked`)."""
     (a, b), (c, d) = gramian.detach().tolist()
     floats = (a, b, c, d)
-    if gramian.requires_grad:
+    if tracked(gramian):
         return floats, gramian.reshape(4).unbind()
     return floats, floats
 
 
 def pair_vector(first: Scalar, second: Scalar, like: torch.Tensor) -> torch.Tensor:
     """The vector ``(first, second)`` with ``like``'s dtype and device; in ``like``'s graph
-    when ``like`` requires grad."""
-    if not like.requires_grad:
+    when derivatives flow through ``like`` (:func:`tracked`)."""
+    if not tracked(like):
         return host_tensor((first, second), like)
     pair = (first, second)
     vector = torch.stack([torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in pair])
     # Constant weights (e.g. no projection active) stay in G's graph with a zero derivative,
     # as the general solvers' weights do.
-    return vector if vector.requires_grad else vector + 0.0 * like.sum()
+    return vector if tracked(vector) else vector + 0.0 * like.sum()
 
 
 def host_tensor(values: Sequence, like: torch.Tensor) -> torch.Tensor:

@@ -346,3 +346,29 @@ def test_two_task_weights_have_the_gramians_dtype_and_device(name: str) -> None:
         weights = GRADIENT_METHODS[name]().weights(jacobian @ jacobian.T)
         assert weights.dtype == dtype and weights.shape == (2,)
         assert weights.device == jacobian.device and not weights.requires_grad
+
+
+FORWARD_METHODS = {
+    **GRADIENT_METHODS,
+    "NashMTL": lambda: gs.NashMTL(max_norm=0.0),
+    "FairGrad": gs.FairGrad,
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_METHODS))
+def test_closed_forms_carry_forward_mode_tangents(name: str) -> None:
+    # torch.func.jvp (forward mode, as FDS uses) must give the reverse-mode derivative, which
+    # test_closed_form_derivative_equals_the_general_path compares with the general path.
+    root = random_pair(8, 1.0, -1.5)
+    tangent = torch.randn(2, DIM, generator=torch.Generator().manual_seed(9)).double()
+
+    def weights(a: torch.Tensor) -> torch.Tensor:
+        combiner = FORWARD_METHODS[name]()
+        if name == "GradVac":
+            combiner.target = torch.tensor([[0.0, 0.4], [0.4, 0.0]], dtype=torch.float64)
+        return combiner.weights(a @ a.T)
+
+    _, forward = torch.func.jvp(weights, (root,), (tangent,))
+    reverse = (torch.func.jacrev(weights)(root) * tangent).sum(dim=(1, 2))
+    torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-12)
+    assert float(forward.abs().sum()) > 0
