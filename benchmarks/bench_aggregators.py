@@ -3,9 +3,12 @@
 For K ∈ {2, 4, 8, 32, 128} and D ∈ {1e4, 1e6}, times moopt's ``aggregate(J)`` beside
 TorchJD 0.18's aggregator for the same method, and the floor of every Gramian method:
 ``G = J Jᵀ`` plus the final combination ``w @ J``, timed alternately with each method so
-both see the same load. Prints one table with the ratios
-moopt/floor and TorchJD/moopt (median CPU milliseconds of the repeats). The row
-``UPGrad w(G)`` times UPGrad's weights alone on a precomputed Gramian (the dual-cone QPs).
+both see the same load. Prints one table of median CPU milliseconds of the repeats with
+the ratios moopt/floor (the median of the ratios of the calls made back to back) and
+TorchJD/moopt. The column
+``w(G)`` is each Gramian method's fixed cost: its ``weights`` alone on the precomputed
+Gramian (the K×K work, independent of D; timed hot, right after itself). The row
+``UPGrad w(G)`` compares UPGrad's weights with TorchJD's ``UPGradWeighting``.
 
     PYTHONPATH=. python benchmarks/bench_aggregators.py          # all sizes that fit
     PYTHONPATH=. python benchmarks/bench_aggregators.py --quick  # D = 1e6 only for K ≤ 8
@@ -19,6 +22,7 @@ Nash-MTL) shows ``n/a``; one whose single call exceeds ``--budget`` seconds is t
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 import warnings
@@ -51,10 +55,12 @@ def median_ms(
     repeats: int,
     budget: float,
     reference: Callable[..., object] | None = None,
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Median CPU times in ms of ``function(*args)`` and, alternating with it in the same
-    loop, of ``reference(*args)`` (0 when None). One warm-up; timed once when the warm-up
-    exceeds ``budget`` seconds.
+    loop, of ``reference(*args)`` (0 when None), and the median of the paired ratios
+    ``function / reference`` of the calls made back to back (nan when None): on a loaded
+    machine the pairs share the load, so the paired ratio is steadier than the ratio of the
+    medians. One warm-up; timed once when the warm-up exceeds ``budget`` seconds.
 
     CPU time of the process (``time.process_time``), not wall time: on a shared machine the
     process gets a fraction of a core and wall times are inflated and noisy. With one
@@ -66,8 +72,10 @@ def median_ms(
         start = time.process_time()
         f(*args)
         first.append(time.process_time() - start)
+    if reference is None:
+        first.append(math.nan)
     if max(first) > budget:
-        return 1e3 * first[0], 1e3 * first[-1] if reference is not None else 0.0
+        return 1e3 * first[0], 1e3 * first[1], first[0] / first[1] if first[1] > 0 else math.nan
     times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
         for f, record in zip(functions, times):
@@ -75,7 +83,10 @@ def median_ms(
             f(*args)
             record.append(time.process_time() - start)
     medians = [1e3 * statistics.median(record) for record in times]
-    return medians[0], medians[-1] if reference is not None else 0.0
+    if reference is None:
+        return medians[0], 0.0, math.nan
+    paired = statistics.median(a / b for a, b in zip(*times) if b > 0)
+    return medians[0], medians[1], paired
 
 
 def gramian_floor(jacobian: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 11)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU ms (median)")
-    header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'torchjd':>9}"
+    header = f"{'K':>4} {'D':>8} {'method':<11} {'floor':>9} {'moopt':>9} {'w(G)':>7}"
+    header += f" {'torchjd':>9}"
     print(header + f" {'moopt/floor':>11} {'torchjd/moopt':>13}")
     methods = {**GRAMIAN_METHODS, **OTHER_METHODS}
     if args.methods is not None:
@@ -131,38 +143,42 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n_tasks:>4} {dim:>8} skipped (too long on 2 cores)")
                 continue
             jacobian = torch.randn(n_tasks, dim, generator=generator)
+            gramian = jacobian @ jacobian.T
             weights = torch.full((n_tasks,), 1.0 / n_tasks)
             timing = {"repeats": repeats, "budget": args.budget}
             for name, (factory, jd_name, jd_kwargs) in methods.items():
                 gramian_method = name in GRAMIAN_METHODS
                 floor = partial(gramian_floor, weights=weights) if gramian_method else None
-                ours_ms, floor_ms = median_ms(
+                ours_ms, floor_ms, over_floor = median_ms(
                     factory().aggregate, jacobian, reference=floor, **timing
                 )
                 theirs = torchjd_aggregator(jd_name, n_tasks, jd_kwargs)
                 if theirs is None:
                     theirs_text, ratio_text = "n/a", "n/a"
                 else:
-                    theirs_ms, _ = median_ms(theirs, jacobian, **timing)
+                    theirs_ms, *_ = median_ms(theirs, jacobian, **timing)
                     theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
                 floor_text = f"{floor_ms:9.2f}" if gramian_method else f"{'-':>9}"
-                over = f"{ours_ms / floor_ms:11.2f}" if gramian_method else f"{'-':>11}"
+                fixed_text = f"{'-':>7}"
+                if gramian_method:
+                    fixed_ms, *_ = median_ms(factory().weights, gramian, **timing)
+                    fixed_text = f"{fixed_ms:7.3f}"
+                over = f"{over_floor:11.2f}" if gramian_method else f"{'-':>11}"
                 print(
                     f"{n_tasks:>4} {dim:>8} {name:<11} {floor_text} {ours_ms:9.2f} "
-                    f"{theirs_text:>9} {over} {ratio_text:>13}",
+                    f"{fixed_text} {theirs_text:>9} {over} {ratio_text:>13}",
                     flush=True,
                 )
             if args.methods is not None and "UPGrad-w" not in args.methods:
                 continue
-            gramian = jacobian @ jacobian.T
-            ours_ms, _ = median_ms(gs.UPGrad().weights, gramian, **timing)
+            ours_ms, *_ = median_ms(gs.UPGrad().weights, gramian, **timing)
             theirs = torchjd_aggregator("UPGrad", n_tasks, {})
             theirs_text, ratio_text = "n/a", "n/a"
             if theirs is not None:
-                theirs_ms, _ = median_ms(theirs.gramian_weighting, gramian, **timing)
+                theirs_ms, *_ = median_ms(theirs.gramian_weighting, gramian, **timing)
                 theirs_text, ratio_text = f"{theirs_ms:9.2f}", f"{theirs_ms / ours_ms:13.2f}"
             print(
-                f"{n_tasks:>4} {dim:>8} {'UPGrad w(G)':<11} {'-':>9} {ours_ms:9.2f} "
+                f"{n_tasks:>4} {dim:>8} {'UPGrad w(G)':<11} {'-':>9} {ours_ms:9.2f} {'-':>7} "
                 f"{theirs_text:>9} {'-':>11} {ratio_text:>13}",
                 flush=True,
             )

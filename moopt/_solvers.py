@@ -17,11 +17,19 @@ Problems solved:
 * :func:`cagrad_dual` — ``min_{w ∈ Δ} wᵀ G b + r·sqrt(wᵀ G w)`` (CAGrad's dual).
 * :func:`power_root` — the positive root of ``G w = w^(-1/α)`` (Nash-MTL for α = 1,
   FairGrad for any α > 0) by Newton's method on a strictly convex function.
+
+For two tasks every method has a closed form, in :mod:`moopt._two_tasks`; the solvers and
+the combiners call those first. Branch decisions copy their few numbers to the host once
+per decision (``tolist`` of a stacked tensor) rather than one ``.item()`` each.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from moopt import _two_tasks
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
@@ -51,12 +59,14 @@ def solve_symmetric(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     least-squares solution ``matrix⁺ rhs``.
     """
     solution, info = torch.linalg.solve_ex(matrix, rhs)
-    if int(info) == 0 and bool(torch.isfinite(solution).all()):
-        a, x, b = matrix.detach(), solution.detach(), rhs.detach()
-        residual = float((a @ x - b).abs().max())
-        size = float(a.abs().max() * x.abs().max() + b.abs().max())
-        if residual <= 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size:
-            return solution
+    a, x, b = matrix.detach(), solution.detach(), rhs.detach()
+    residual = (a @ x - b).abs().max()
+    size = a.abs().max() * x.abs().max() + b.abs().max()
+    # One copy to the host; a non-finite solution makes ``size`` non-finite.
+    failed, residual, size = torch.stack([info.to(a.dtype), residual, size]).tolist()
+    bound = 10.0 * matrix.shape[0] * torch.finfo(matrix.dtype).eps * size
+    if failed == 0 and math.isfinite(size) and residual <= bound:
+        return solution
     return torch.linalg.pinv(matrix, hermitian=True) @ rhs
 
 
@@ -78,7 +88,8 @@ def dual_cone_weights(
 ) -> torch.Tensor:
     """Solve ``min_v vᵀ G v  s.t.  v ≥ u`` for every column ``u`` of ``lower`` (K×B).
 
-    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. For K ≤ 32 an exact
+    KKT conditions: ``v ≥ u``, ``G v ≥ 0`` and ``(v − u) ⊙ G v = 0``. For K ≤ 32, ``v = u``
+    where ``G u ≥ 0``, and otherwise an exact
     solve on the free sets guessed from the constraints that ``u`` violates is tried first
     (it is exact whenever that guess is right, e.g. always for K = 2). Otherwise all
     columns run projected accelerated gradient together (FISTA with gradient restarts,
@@ -98,43 +109,57 @@ def dual_cone_weights(
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         u = lower.detach()
-        v = u.clone()
-        momentum_point = v
-        t = 1.0
-        residual = _dual_cone_kkt(g_hat, u, v)
-        polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
-        if polish:
-            # First guess of the free sets: the constraints that u itself violates.
-            guess = u + (g_hat @ u < 0).to(u.dtype)
-            guessed, guessed_residual = _polish_on_free_sets(g_hat, u, guess, residual, tol)
-            if float(guessed_residual.max()) <= tol:
-                v, residual, polish = guessed, guessed_residual, False
-        step = None
-        for _ in range(fista_iter):
-            if float(residual.max()) <= tol:
-                break
-            if step is None:  # computed only when FISTA runs
-                step = 1.0 / float(lipschitz_bound(g_hat))
-            v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
-            restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
-            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            extrapolated = v_next + (t - 1.0) / t_next * (v_next - v)
-            momentum_point = torch.where(restart, v_next, extrapolated)
-            t = 1.0 if bool(restart.any()) else t_next
-            v = v_next
-            residual = _dual_cone_kkt(g_hat, u, v)
-        if polish:
-            v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
-        for column in (residual > tol).nonzero().flatten().tolist():
-            u_col = u[:, column]
-            slack = nonneg_qp_active_set(
-                g_hat, g_hat @ u_col, (v[:, column] - u_col).clamp(min=0.0), tol
-            )
-            v[:, column] = u_col + slack
-        free = v > u
+        v = None
+        if u.shape[0] <= POLISH_MAX_TASKS:
+            violated = g_hat @ u < 0
+            if not bool(violated.any()):  # G u ≥ 0: u itself meets the KKT conditions
+                v = u.clone()
+            else:  # First guess of the free sets: the constraints that u itself violates.
+                guess = u + violated.to(u.dtype)
+                guessed, guessed_residual, _ = _solve_on_free_sets(g_hat, u, guess)
+                if float(guessed_residual.max()) <= tol:
+                    v = guessed
+        if v is None:
+            v = _dual_cone_iterations(g_hat, u, tol, fista_iter)
     if not (gramian.requires_grad or lower.requires_grad):
         return v
+    free = v > u
     return with_implicit_derivative(v, _differentiable_free_set_step(gramian, lower, v, free))
+
+
+def _dual_cone_iterations(
+    g_hat: torch.Tensor, u: torch.Tensor, tol: float, fista_iter: int
+) -> torch.Tensor:
+    """FISTA from ``v = u``, the batched polish and the active-set finish of
+    :func:`dual_cone_weights` (run when the first guess of the free sets fails)."""
+    v = u.clone()
+    momentum_point = v
+    t = 1.0
+    residual = _dual_cone_kkt(g_hat, u, v)
+    polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+    step = None
+    for _ in range(fista_iter):
+        if float(residual.max()) <= tol:
+            break
+        if step is None:  # computed only when FISTA runs
+            step = 1.0 / float(lipschitz_bound(g_hat))
+        v_next = torch.maximum(u, momentum_point - step * (g_hat @ momentum_point))
+        restart = ((momentum_point - v_next) * (v_next - v)).sum(dim=0) > 0
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        extrapolated = v_next + (t - 1.0) / t_next * (v_next - v)
+        momentum_point = torch.where(restart, v_next, extrapolated)
+        t = 1.0 if bool(restart.any()) else t_next
+        v = v_next
+        residual = _dual_cone_kkt(g_hat, u, v)
+    if polish:
+        v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
+    for column in (residual > tol).nonzero().flatten().tolist():
+        u_col = u[:, column]
+        slack = nonneg_qp_active_set(
+            g_hat, g_hat @ u_col, (v[:, column] - u_col).clamp(min=0.0), tol
+        )
+        v[:, column] = u_col + slack
+    return v
 
 
 POLISH_MAX_TASKS = 32
@@ -151,13 +176,7 @@ def _polish_on_free_sets(
     column keeps the polished value where its KKT residual stays within ``tol`` (or does
     not grow).
     """
-    free = (v > u).T.to(g_hat.dtype)
-    systems = free[:, :, None] * g_hat[None] * free[:, None, :] + torch.diag_embed(1.0 - free)
-    fixed = (u * (1.0 - free.T)).T
-    rhs = torch.where(free > 0, -(fixed @ g_hat), u.T)
-    solution, info = torch.linalg.solve_ex(systems, rhs.unsqueeze(-1))
-    polished = solution.squeeze(-1).T
-    polished_residual = _dual_cone_kkt(g_hat, u, polished)
+    polished, polished_residual, info = _solve_on_free_sets(g_hat, u, v)
     better = (
         (info == 0)
         & torch.isfinite(polished_residual)
@@ -167,6 +186,21 @@ def _polish_on_free_sets(
         torch.where(better, polished, v),
         torch.where(better, polished_residual, residual),
     )
+
+
+def _solve_on_free_sets(
+    g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column, the exact solution on the free set ``{v_j > u_j}`` (one batched solve of
+    ``G_FF v_F = −G_FA u_A``, ``v_A = u_A``), its KKT residual and the solves' ``info``
+    (non-zero for a singular ``G_FF``, whose solution is then not to be trusted)."""
+    free = (v > u).T.to(g_hat.dtype)
+    systems = free[:, :, None] * g_hat[None] * free[:, None, :] + torch.diag_embed(1.0 - free)
+    fixed = (u * (1.0 - free.T)).T
+    rhs = torch.where(free > 0, -(fixed @ g_hat), u.T)
+    solution, info = torch.linalg.solve_ex(systems, rhs.unsqueeze(-1))
+    solved = solution.squeeze(-1).T
+    return solved, _dual_cone_kkt(g_hat, u, solved), info
 
 
 def _dual_cone_kkt(g_hat: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -249,7 +283,7 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
     KKT conditions: ``(G w)_j ≥ ν`` for every j with equality on the support of ``w``, where
     ``ν = wᵀ G w``. An exact solve of the bordered system ``[G_FF 1; 1ᵀ 0][w; −ν] = [0; 1]``
     on the candidate support F (all tasks first) is checked against the KKT conditions
-    (K = 2 has a closed form);
+    (K = 2 has a closed form, :func:`moopt._two_tasks.min_norm`);
     when it fails, projected accelerated gradient on the simplex refines the support and the
     exact solve is retried every 25 iterations.
 
@@ -258,53 +292,52 @@ def min_norm_simplex(gramian: torch.Tensor, tol: float | None = None, max_iter: 
     """
     tol = default_tolerance(gramian.dtype) if tol is None else tol
     n_tasks = gramian.shape[0]
+    if n_tasks == 2:
+        return _two_tasks.min_norm(gramian)
     scale = gramian_scale(gramian)
     uniform = torch.full((n_tasks,), 1.0 / n_tasks, dtype=gramian.dtype, device=gramian.device)
     if float(scale) == 0.0:
         return uniform
-    if n_tasks == 2:
-        return _min_norm_of_two(gramian / scale)
     with torch.no_grad():
         g_hat = gramian.detach() / scale
-        step = None
-        w = uniform.clone()
-        momentum_point = w
-        t = 1.0
-        support = None  # every task, until the iterations find a smaller support
-        for iteration in range(max_iter):
-            if iteration % 25 == 0:
-                candidate = _min_norm_on_support(g_hat, support, clamp=True)
-                if _min_norm_kkt(g_hat, candidate) <= tol:
-                    solution = candidate
-                    break
-            if step is None:  # computed only when the exact solve on all tasks failed
-                step = 1.0 / float(lipschitz_bound(g_hat))
-            w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
-            if _min_norm_kkt(g_hat, w_next) <= tol:
-                solution, support = w_next, w_next > 0
-                break
-            restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
-            t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            momentum_point = w_next if restart else w_next + (t - 1.0) / t_next * (w_next - w)
-            t = 1.0 if restart else t_next
-            w = w_next
-            support = w > 0
-        else:
-            raise RuntimeError(
-                f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations"
-            )
+        # Every task in the support, solved by LU without solve_symmetric's accuracy test:
+        # the KKT check is the certificate (NaN fails it). Otherwise, the iterations.
+        solution, support = _min_norm_on_support(g_hat, None, clamp=True, checked=False), None
+        if not _min_norm_kkt(g_hat, solution) <= tol:
+            solution, support = _min_norm_iterations(g_hat, uniform, tol, max_iter)
     if not gramian.requires_grad:
         return solution
     return with_implicit_derivative(solution, _min_norm_on_support(gramian / scale, support))
 
 
-def _min_norm_of_two(gramian: torch.Tensor) -> torch.Tensor:
-    """Closed form for K = 2: ``γ = clip((G22 − G12) / (G11 + G22 − 2 G12), 0, 1)``."""
-    curvature = gramian[0, 0] + gramian[1, 1] - 2.0 * gramian[0, 1]
-    if float(curvature.detach()) <= 0:
-        return torch.full((2,), 0.5, dtype=gramian.dtype, device=gramian.device)
-    gamma = ((gramian[1, 1] - gramian[0, 1]) / curvature).clamp(0.0, 1.0)
-    return torch.stack([gamma, 1.0 - gamma])
+def _min_norm_iterations(
+    g_hat: torch.Tensor, uniform: torch.Tensor, tol: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`min_norm_simplex` when the solve on every task fails its KKT check: projected
+    accelerated gradient on the simplex, with the exact (checked) solve on the current
+    support every 25 iterations. Returns the solution and its support (None: every task)."""
+    step = None
+    w = uniform.clone()
+    momentum_point = w
+    t = 1.0
+    support = None  # every task, until the iterations find a smaller support
+    for iteration in range(max_iter):
+        if iteration % 25 == 0:
+            candidate = _min_norm_on_support(g_hat, support, clamp=True)
+            if _min_norm_kkt(g_hat, candidate) <= tol:
+                return candidate, support
+        if step is None:  # computed only when the exact solve on all tasks failed
+            step = 1.0 / float(lipschitz_bound(g_hat))
+        w_next = project_simplex(momentum_point - step * (g_hat @ momentum_point))
+        if _min_norm_kkt(g_hat, w_next) <= tol:
+            return w_next, w_next > 0
+        restart = float(((momentum_point - w_next) * (w_next - w)).sum()) > 0
+        t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
+        momentum_point = w_next if restart else w_next + (t - 1.0) / t_next * (w_next - w)
+        t = 1.0 if restart else t_next
+        w = w_next
+        support = w > 0
+    raise RuntimeError(f"min-norm solver did not reach tolerance {tol:g} in {max_iter} iterations")
 
 
 def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -318,16 +351,20 @@ def with_implicit_derivative(solution: torch.Tensor, step: torch.Tensor) -> torc
 
 
 def _min_norm_on_support(
-    gramian: torch.Tensor, support: torch.Tensor | None, clamp: bool = False
+    gramian: torch.Tensor, support: torch.Tensor | None, clamp: bool = False, checked: bool = True
 ) -> torch.Tensor:
     """Min-norm weights restricted to ``support`` (bordered KKT system, least squares);
-    ``support=None`` means every task."""
+    ``support=None`` means every task. ``checked=False``: plain LU, no accuracy test (for a
+    caller that checks the KKT conditions)."""
     size = gramian.shape[0] if support is None else int(support.sum())
     block = gramian if support is None else gramian[support][:, support]
     bordered = bordered_matrix(block, 1.0)
     rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
     rhs[-1] = 1.0
-    solution = solve_symmetric(bordered, rhs)
+    if checked:
+        solution = solve_symmetric(bordered, rhs)
+    else:
+        solution = torch.linalg.solve_ex(bordered, rhs).result
     if support is None:
         weights = solution[:size]
     else:
@@ -351,12 +388,10 @@ def bordered_matrix(block: torch.Tensor, border: float) -> torch.Tensor:
 def _min_norm_kkt(g_hat: torch.Tensor, w: torch.Tensor) -> float:
     """Largest violation of the min-norm KKT conditions (negativity, sum, stationarity)."""
     gradient = g_hat @ w
-    value = w @ gradient
-    negativity = (-w).clamp(min=0.0).max()
-    total = (w.sum() - 1.0).abs()
-    stationarity = (value - gradient).clamp(min=0.0).max()
-    on_support = torch.where(w > 0, (gradient - value).abs(), torch.zeros_like(w)).max()
-    return float(torch.stack([negativity, total, stationarity, on_support]).max())
+    gap = gradient - w @ gradient
+    # Per task: |gap| on the support (stationarity), max(−gap, 0) off it, max(−w, 0).
+    per_task = torch.where(w > 0, gap.abs(), torch.maximum(-gap, -w).clamp(min=0.0))
+    return max(float(per_task.max()), abs(float(w.sum()) - 1.0))
 
 
 def cagrad_dual(
@@ -376,8 +411,8 @@ def cagrad_dual(
     Armijo backtracking on F and checked against the full KKT conditions. When the
     optimum is ``g_w = 0`` (``r ≥ ‖g0‖`` and 0 in the convex hull of the gradients:
     Pareto-stationary), ``λ`` is infinite and zero weights are returned, as TorchJD does
-    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2 an interior optimum is
-    computed in closed form first (:func:`_cagrad_interior_of_two`).
+    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2, CAGrad calls the closed
+    forms of :func:`moopt._two_tasks.cagrad` first.
 
     Raises:
         RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
@@ -387,10 +422,6 @@ def cagrad_dual(
     scale = gramian_scale(gramian)
     if float(scale) == 0.0 or float(radius.detach()) == 0.0:
         return anchor.clone()
-    if n_tasks == 2:
-        interior = _cagrad_interior_of_two(gramian / scale, anchor, radius / scale.sqrt(), tol)
-        if interior is not None:
-            return interior
     with torch.no_grad():
         g_hat = gramian.detach() / scale
         r_hat = float(radius.detach()) / float(scale) ** 0.5
@@ -400,7 +431,11 @@ def cagrad_dual(
         support = None  # every task, until the iterations find a smaller support
         step = 1.0
 
-        candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
+        # Every task in the support by plain LU, certified by its KKT violation; the checked
+        # (least-squares) solve only when that fails.
+        candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support, checked=False)
+        if not violation <= tol:
+            candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
         accepted = violation <= tol
         if not accepted and r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
             closest = min_norm_simplex(g_hat, tol)
@@ -443,7 +478,11 @@ def cagrad_dual(
 
 
 def _cagrad_on_support(
-    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor | float, support: torch.Tensor | None
+    gramian: torch.Tensor,
+    b: torch.Tensor,
+    r: torch.Tensor | float,
+    support: torch.Tensor | None,
+    checked: bool = True,
 ):
     """KKT point ``(w, λ, τ)`` of CAGrad's dual with ``w`` supported on ``support`` and its
     KKT violation (:func:`_cagrad_kkt`), or ``(None, inf)``.
@@ -454,7 +493,8 @@ def _cagrad_on_support(
     ``(y1ᵀGy1 − r²) μ² + 2 y0ᵀGy1 μ + y0ᵀGy0 = 0``; of its positive roots, the one with
     the smallest KKT violation is returned. Least squares (min-norm) solves keep this
     defined when the support's gradients are affinely dependent. ``support=None`` means
-    every task.
+    every task. ``checked=False``: plain LU, no accuracy test (the returned violation is
+    the certificate; NaN or a wrong solution fails it).
     """
     size = gramian.shape[0] if support is None else int(support.sum())
     block = gramian if support is None else gramian[support][:, support]
@@ -463,67 +503,41 @@ def _cagrad_on_support(
     rhs[-1, 0] = 1.0
     linear = gramian @ b
     rhs[:size, 1] = -(linear if support is None else linear[support])
-    solution = solve_symmetric(bordered, rhs)
-    y0, y1 = solution[:size, 0], solution[:size, 1]
-    sigma0, sigma1 = solution[size, 0], solution[size, 1]
-    quad = y1 @ block @ y1 - r * r
-    half_linear = y0 @ block @ y1
-    constant = y0 @ block @ y0
+    if checked:
+        solution = solve_symmetric(bordered, rhs)
+    else:
+        solution = torch.linalg.solve_ex(bordered, rhs).result
+    directions = solution[:size]
+    # [[y0ᵀGy0, y0ᵀGy1], [y1ᵀGy0, y1ᵀGy1]] and (σ0, σ1): floats (one copy to the host)
+    # unless G requires grad.
+    moments = directions.T @ block @ directions
+    sigma = solution[size]
+    if not (gramian.requires_grad or isinstance(r, torch.Tensor) and r.requires_grad):
+        moments, sigma = moments.tolist(), sigma.tolist()
+    quad = moments[1][1] - r * r
+    half_linear = moments[0][1]
+    constant = moments[0][0]
     roots = []
-    if abs(float(quad.detach())) > 1e-14 * max(float(constant.detach().abs()), 1e-300):
+    if abs(_two_tasks.value(quad)) > 1e-14 * max(abs(_two_tasks.value(constant)), 1e-300):
         discriminant = half_linear * half_linear - quad * constant
-        if float(discriminant.detach()) >= 0:
-            root = discriminant.clamp(min=0.0).sqrt()
+        if _two_tasks.value(discriminant) >= 0:
+            root = _two_tasks.sqrt(discriminant)
             roots = [(-half_linear + root) / quad, (-half_linear - root) / quad]
-    elif float(half_linear.detach()) != 0:
+    elif _two_tasks.value(half_linear) != 0:
         roots = [-constant / (2.0 * half_linear)]
     best, best_violation = None, float("inf")
+    radius = _two_tasks.value(r)
     for mu in roots:
-        if not float(mu.detach()) > 0:
+        if not _two_tasks.value(mu) > 0:
             continue
-        w = y0 + mu * y1
+        w = directions[:, 0] + mu * directions[:, 1]
         if support is not None:
             w = torch.zeros_like(b).masked_scatter(support, w)
-        candidate = (w, 1.0 / mu, (sigma0 + mu * sigma1) / mu)
-        radius = float(r.detach()) if isinstance(r, torch.Tensor) else float(r)
+        candidate = (w, 1.0 / mu, (sigma[0] + mu * sigma[1]) / mu)
         violation = _cagrad_kkt(gramian.detach(), b.detach(), radius, *_detached(candidate))
         if violation < best_violation:
             best, best_violation = candidate, violation
     return best, best_violation
-
-
-def _cagrad_interior_of_two(
-    gramian: torch.Tensor, b: torch.Tensor, r: torch.Tensor, tol: float
-) -> torch.Tensor | None:
-    """CAGrad's weights ``b + λ w`` for K = 2 in closed form when ``w`` is interior, else None.
-
-    With ``w = (γ, 1 − γ)``: ``‖Jᵀw‖² = ((Aγ + B)² + Δ)/A`` where ``A = ‖g1 − g2‖²``,
-    ``B = G12 − G22`` and ``Δ = G11 G22 − G12²``, and the derivative of the dual objective
-    vanishes where ``(Aγ + B)/sqrt((Aγ + B)² + Δ) = τ = ((Gb)_2 − (Gb)_1)/(r sqrt(A))``:
-    ``γ = (τ sqrt(Δ/(1 − τ²)) − B)/A`` and ``λ = r/‖Jᵀw‖ = r sqrt(A (1 − τ²)/Δ)``.
-    Used only when ``A``, ``Δ`` and ``1 − τ²`` are clearly positive and ``γ`` lies inside
-    ``(0, 1)`` (by more than ``tol``); otherwise (an optimum on a vertex, colinear or equal
-    gradients) the general solver runs. Differentiable in ``G`` and ``r``.
-    """
-    first, second = gramian[0, 0], gramian[1, 1]
-    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
-    curvature = first + second - 2.0 * cross
-    determinant = first * second - cross * cross
-    if not (
-        float(curvature.detach()) > tol * float((first + second).detach())
-        and float(determinant.detach()) > tol * float((first * second).detach())
-    ):
-        return None
-    linear = gramian @ b
-    tau = (linear[1] - linear[0]) / (r * curvature.sqrt())
-    room = 1.0 - tau * tau
-    if not float(room.detach()) > tol:
-        return None
-    gamma = (tau * (determinant / room).sqrt() - (cross - second)) / curvature
-    if not tol < float(gamma.detach()) < 1.0 - tol:
-        return None
-    scale = r * (curvature * room / determinant).sqrt()
-    return b + scale * torch.stack([gamma, 1.0 - gamma])
 
 
 def _detached(values: tuple) -> tuple:
@@ -533,14 +547,12 @@ def _detached(values: tuple) -> tuple:
 
 def _cagrad_kkt(g_hat: torch.Tensor, b: torch.Tensor, r: float, w: torch.Tensor, lam, tau) -> float:
     """Largest violation of CAGrad's dual KKT conditions at ``(w, λ, τ)``."""
-    gradient = g_hat @ (b + lam * w)
-    negativity = (-w).clamp(min=0.0).max()
-    total = (w.sum() - 1.0).abs()
-    stationarity = (tau - gradient).clamp(min=0.0).max()
-    on_support = torch.where(w > 0, (gradient - tau).abs(), torch.zeros_like(w)).max()
-    norm = (w @ g_hat @ w).clamp(min=0.0).sqrt()
-    radius_gap = (lam * norm - r).abs() / max(r, 1e-300)
-    return float(torch.stack([negativity, total, stationarity, on_support, radius_gap]).max())
+    gap = g_hat @ (b + lam * w) - tau
+    # Per task: |gap| on the support (stationarity), max(−gap, 0) off it, max(−w, 0).
+    per_task = torch.where(w > 0, gap.abs(), torch.maximum(-gap, -w).clamp(min=0.0))
+    worst, squared_norm, total = torch.stack([per_task.max(), w @ g_hat @ w, w.sum()]).tolist()
+    radius_gap = abs(lam * math.sqrt(max(squared_norm, 0.0)) - r) / max(r, 1e-300)
+    return max(worst, abs(total - 1.0), radius_gap)
 
 
 def power_root(
@@ -553,7 +565,7 @@ def power_root(
     backtracking on the objective, or a decrease of the residual where round-off hides
     the objective's decrease; kept positive) from the solution for a diagonal Gramian.
     A final Newton step with autograd gives the implicit derivative in ``G``. For K = 2
-    and α = 1 the root has a closed form (:func:`_power_root_of_two`), used instead.
+    and α = 1 the root has a closed form (:func:`moopt._two_tasks.power_root`), used instead.
 
     Raises:
         ValueError: when some task's gradient is zero (no positive solution exists).
@@ -561,14 +573,14 @@ def power_root(
             singular Gramian with a positive null vector).
     """
     tol = default_tolerance(gramian.dtype) if tol is None else tol
+    if alpha == 1.0 and gramian.shape[0] == 2:
+        return _two_tasks.power_root(gramian, tol)
     diagonal = gramian.detach().diagonal()
     if bool((diagonal <= 0).any()):
         zero = (diagonal <= 0).nonzero().flatten().tolist()
         raise ValueError(
             f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
         )
-    if alpha == 1.0 and gramian.shape[0] == 2:
-        return _power_root_of_two(gramian, tol)
     exponent = -1.0 / alpha
 
     def residual(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -581,40 +593,50 @@ def power_root(
     with torch.no_grad():
         g = gramian.detach()
         w = diagonal.pow(-alpha / (alpha + 1.0))
+        power = w.pow(exponent)
+        res = g @ w - power
+        size = None  # ‖res‖ at w, when the line search that reached w computed it
+        current = None  # the merit at w, likewise
         converged = False
-        current = None  # the merit at w, when the line search that reached w computed it
         for _ in range(max_iter):
-            power = w.pow(exponent)
-            res = g @ w - power
-            if float((res.abs() / power).max()) <= tol:
+            relative = float((res.abs() / power).max())
+            if relative <= tol:
                 converged = True
+                break
+            if not math.isfinite(relative):  # w overflowed or underflowed
                 break
             hessian = g + torch.diag(-exponent * w.pow(exponent - 1.0))
             step_solution, info = torch.linalg.solve_ex(hessian, res)
-            if int(info) != 0:
-                break
             direction = -step_solution
-            ratio = torch.where(direction < 0, -w / direction, torch.inf)
-            step = min(1.0, 0.99 * float(ratio.min()))
-            if current is None:
-                current = merit(g, w)
-            slope = float(res @ direction)
-            size = float(res.norm())
-            trial = w + step * direction
-            trial_merit = merit(g, trial)
-            while (
-                trial_merit > current + 1e-4 * step * slope
-                and float(residual(g, trial).norm()) >= size
-            ):
-                step /= 2.0
-                trial = w + step * direction
-                if step < 1e-30:
-                    trial_merit = None
-                    break
-                trial_merit = merit(g, trial)
-            w, current = trial, trial_merit
-            if not bool(torch.isfinite(w).all()):
+            boundary = torch.where(direction < 0, -w / direction, torch.inf).min()
+            numbers = [info.to(g.dtype), boundary, res @ direction]
+            if size is None:
+                numbers.append(res.norm())
+            # One copy to the host for the branch decisions of this step.
+            failed, boundary, slope, *rest = torch.stack(numbers).tolist()
+            if failed != 0:
                 break
+            size = rest[0] if rest else size
+            step = min(1.0, 0.99 * boundary)
+            while True:
+                # Accept on a decrease of the residual (checked first: it is needed for the
+                # next step anyway) or of the merit (Armijo); otherwise halve the step.
+                trial = w + step * direction
+                trial_power = trial.pow(exponent)
+                trial_res = g @ trial - trial_power
+                trial_size = float(trial_res.norm())
+                trial_merit = None
+                if trial_size < size:
+                    break
+                if current is None:
+                    current = merit(g, w)
+                trial_merit = merit(g, trial)
+                if trial_merit <= current + 1e-4 * step * slope:
+                    break
+                step /= 2.0
+                if step < 1e-30:
+                    break
+            w, power, res, size, current = trial, trial_power, trial_res, trial_size, trial_merit
         if not converged:
             raise RuntimeError(
                 "G w = w^(-1/alpha) has no positive solution to tolerance "
@@ -624,28 +646,3 @@ def power_root(
         return w
     hessian = gramian + torch.diag(-exponent * w.pow(exponent - 1.0))
     return w - torch.linalg.solve(hessian, residual(gramian, w))
-
-
-def _power_root_of_two(gramian: torch.Tensor, tol: float) -> torch.Tensor:
-    """The positive root of ``G w = 1/w`` for K = 2, in closed form (differentiable).
-
-    Multiplying each equation by its ``w_k`` gives ``G11 w1² = G22 w2²``, so with
-    ``r = sqrt(G11/G22)``: ``w2 = r w1`` and ``w1 = 1/sqrt(G11 + G12 r)``, with ``G12`` the
-    mean of the two off-diagonal entries. A positive root exists iff
-    ``sqrt(G11 G22) + G12 > 0`` (the gradients are not opposite); within ``tol`` of zero
-    (relative to ``sqrt(G11 G22)``) it is refused, as Newton's method would fail there.
-
-    Raises:
-        RuntimeError: when the two gradients are opposite to within ``tol``.
-    """
-    first, second = gramian[0, 0], gramian[1, 1]
-    cross = 0.5 * (gramian[0, 1] + gramian[1, 0])
-    geometric = (first * second).sqrt()
-    if float((geometric + cross).detach()) <= tol * float(geometric.detach()):
-        raise RuntimeError(
-            "G w = w^(-1/alpha) has no positive solution to tolerance "
-            f"{tol:g} (is the Gramian singular, e.g. opposite or zero gradients?)"
-        )
-    ratio = (first / second).sqrt()
-    weight = (first + cross * ratio).rsqrt()
-    return torch.stack([weight, ratio * weight])

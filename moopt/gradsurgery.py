@@ -38,11 +38,13 @@ ConFIG and FairGrad coincide. Not to 1e-5:
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 
 import torch
 
-from moopt import _solvers
+from moopt import _solvers, _two_tasks
 from moopt._base import GradientCombiner, GramianWeighting
 from moopt._validation import as_weight_vector, check_choice, check_positive
 
@@ -60,6 +62,11 @@ __all__ = [
     "PCGrad",
     "UPGrad",
 ]
+
+
+SMALL_GRAMIAN = 8
+"""Up to this K, :func:`check_gramian` tests the entries on the host (one copy) rather than
+with three torch ops, which cost more for a small Gramian."""
 
 
 def check_jacobian(jacobian: object, n_tasks: int | None = None) -> torch.Tensor:
@@ -92,8 +99,13 @@ def check_gramian(gramian: object, n_tasks: int | None = None) -> torch.Tensor:
         raise TypeError(f"gramian must be floating point; got dtype {gramian.dtype}")
     if n_tasks is not None and gramian.shape[0] != n_tasks:
         raise ValueError(f"gramian is {gramian.shape[0]}×{gramian.shape[0]}; expected K={n_tasks}")
-    finite = torch.isfinite(gramian.detach())
-    if not bool(finite.all()):
+    if gramian.shape[0] <= SMALL_GRAMIAN:
+        entries = itertools.chain.from_iterable(gramian.detach().tolist())
+        all_finite = all(map(math.isfinite, entries))
+    else:
+        all_finite = bool(torch.isfinite(gramian.detach()).all())
+    if not all_finite:
+        finite = torch.isfinite(gramian.detach())
         diagonal = torch.isfinite(gramian.detach().diagonal())
         bad = (~diagonal).nonzero().flatten().tolist() or (
             ~finite.all(dim=1)
@@ -115,9 +127,21 @@ def _resolve_preference(
     """The preference vector on ``like``'s device and dtype (``default`` everywhere if None)."""
     if pref is None:
         return torch.full((n_tasks,), default, dtype=like.dtype, device=like.device)
+    _check_preference_length(pref, n_tasks)
+    return pref.to(dtype=like.dtype, device=like.device)
+
+
+def _preference_floats(pref: torch.Tensor | None, n_tasks: int, default: float) -> list[float]:
+    """The preference vector as Python floats (for the two-task closed forms)."""
+    if pref is None:
+        return [default] * n_tasks
+    _check_preference_length(pref, n_tasks)
+    return pref.tolist()
+
+
+def _check_preference_length(pref: torch.Tensor, n_tasks: int) -> None:
     if pref.numel() != n_tasks:
         raise ValueError(f"pref has {pref.numel()} entries but there are {n_tasks} tasks")
-    return pref.to(dtype=like.dtype, device=like.device)
 
 
 class _Gramian(GramianWeighting):
@@ -152,6 +176,10 @@ class PCGrad(_Gramian):
     ``pref=[1, 1]`` (reduction "sum") or the default mean preference (reduction "mean"):
     projecting ``g_1`` onto the half-space ``{x : g_2·x ≥ 0}`` lands in the dual cone
     ``{x : g_1·x ≥ 0, g_2·x ≥ 0}`` (Cauchy–Schwarz), so it is the projection onto that cone.
+    For K = 2 the weights are computed in that closed form,
+    ``w = (1 + max(0, −G12)/G11, 1 + max(0, −G21)/G22)`` (halved for "mean";
+    :func:`moopt._two_tasks.upgrad`), equal to the rounds of the general code up to
+    round-off; no order is drawn, since each task has only one other.
 
     Deviations: the official TensorFlow code (tianheyu927/PCGrad) never shuffles — it
     visits the tasks in their given order — while the paper (and this class) draws a
@@ -179,6 +207,9 @@ class PCGrad(_Gramian):
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
+        if n == 2:
+            share = 0.5 if self.reduction == "mean" else 1.0
+            return _two_tasks.upgrad(gramian, (share, share))
         orders = torch.stack([torch.randperm(n, generator=self.generator) for _ in range(n)])
         orders = orders.to(gramian.device)
         rows = torch.arange(n, device=gramian.device)
@@ -281,8 +312,9 @@ class CAGrad(_Gramian):
     (``rescale=0``).
 
     Deviations: the dual is solved exactly in torch (:func:`moopt._solvers.cagrad_dual`:
-    closed form on the support found by projected gradient, or directly for two tasks with
-    an interior optimum) instead of scipy's SLSQP; the
+    closed form on the support found by projected gradient; for two tasks directly, where
+    the optimum is a vertex or interior, :func:`moopt._two_tasks.cagrad`, equal to the
+    general solver up to round-off) instead of scipy's SLSQP; the
     official ``1e-8`` guards inside the square roots are left out. ``g0 = 0`` gives
     ``d = 0``; so does a Pareto-stationary J (0 in the hull of the gradients) with
     ``c ≥ 1``, where the dual optimum is ``g_w = 0`` (as TorchJD; the official code then
@@ -305,9 +337,14 @@ class CAGrad(_Gramian):
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
-        anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
-        radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
-        weights = _solvers.cagrad_dual(gramian, anchor, radius)
+        weights = None
+        if n == 2:
+            tol = _solvers.default_tolerance(gramian.dtype)
+            weights = _two_tasks.cagrad(gramian, self.c, tol)
+        if weights is None:
+            anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
+            radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
+            weights = _solvers.cagrad_dual(gramian, anchor, radius)
         if self.rescale == 1:
             return weights / (1.0 + self.c**2)
         if self.rescale == 2:
@@ -344,12 +381,16 @@ class NashMTL(_Gramian):
         self.max_norm = check_positive(max_norm, "max_norm", allow_zero=True)
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        norms = gramian.detach().diagonal()
-        if bool((norms <= 0).any()):
-            zero = (norms <= 0).nonzero().flatten().tolist()
-            raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
-        normalized = gramian / torch.linalg.matrix_norm(gramian)
-        weights = _solvers.power_root(normalized, alpha=1.0)
+        if gramian.shape[0] == 2:
+            tol = _solvers.default_tolerance(gramian.dtype)
+            weights = _two_tasks.nash_mtl(gramian, tol)
+        else:
+            norms = gramian.detach().diagonal()
+            if bool((norms <= 0).any()):
+                zero = (norms <= 0).nonzero().flatten().tolist()
+                raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+            normalized = gramian / torch.linalg.matrix_norm(gramian)
+            weights = _solvers.power_root(normalized, alpha=1.0)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
             if float(norm.detach()) > self.max_norm:
@@ -366,6 +407,8 @@ class IMTLG(_Gramian):
     form ``α_{2:K} = g_1 Uᵀ (D Uᵀ)⁻¹`` for full-rank gradients, generalised (as in Quinton &
     Rey 2024) by the pseudo-inverse when G is rank-deficient. When ``Σ_k (G⁺n)_k = 0``
     (e.g. all gradients zero) the weights are zero. The paper has no public official code.
+    For K = 2 and G of rank 2 the weights are ``(‖g2‖, ‖g1‖)/(‖g1‖ + ‖g2‖)``
+    (:func:`moopt._two_tasks.imtlg`, equal to the pseudo-inverse form up to round-off).
     Weights are differentiable in ``G`` while its rank is constant.
 
     Args:
@@ -373,6 +416,10 @@ class IMTLG(_Gramian):
     """
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+        if gramian.shape[0] == 2:
+            closed = _two_tasks.imtlg(gramian)
+            if closed is not None:
+                return closed
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         direction = torch.linalg.pinv(gramian, hermitian=True) @ norms
         total = direction.sum()
@@ -397,6 +444,9 @@ class AlignedMTL(_Gramian):
     averages them, i.e. ``pref = 1/K``). Deviation: the rank threshold uses the machine
     epsilon of G's dtype (the official code always used float32's). A zero Gramian gives
     ``w = p`` (and ``d = 0``). Weights are differentiable in ``G`` for distinct eigenvalues.
+    For K = 2 and G of rank 2, ``G^{-1/2} = ((tr G + δ) I − G)/(δ sqrt(tr G + 2δ))`` with
+    ``δ = sqrt(det G)`` replaces ``eigh`` (:func:`moopt._two_tasks.aligned_mtl`, equal up to
+    round-off, and differentiable also for equal eigenvalues).
 
     Args:
         pref: non-negative preference vector ``p`` (default all ones).
@@ -413,6 +463,11 @@ class AlignedMTL(_Gramian):
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
+        if n == 2:
+            pair = _preference_floats(self.pref, n, 1.0)
+            closed = _two_tasks.aligned_mtl(gramian, pair, self.scale_mode)
+            if closed is not None:
+                return closed
         pref = _resolve_preference(self.pref, n, gramian, 1.0)
         eigenvalues, vectors = torch.linalg.eigh(gramian)
         tolerance = eigenvalues.detach().max() * n * torch.finfo(gramian.dtype).eps
@@ -442,6 +497,9 @@ class _DualCone(_Gramian):
         n = gramian.shape[0]
         return _resolve_preference(self.pref, n, gramian, 1.0 / n)
 
+    def _pair_pref(self) -> list[float]:
+        return _preference_floats(self.pref, 2, 0.5)
+
 
 class UPGrad(_DualCone):
     r"""UPGrad, "Jacobian Descent for Multi-Objective Optimization" (Quinton & Rey, 2024).
@@ -451,7 +509,9 @@ class UPGrad(_DualCone):
     ``d = Σ_i p_i π_C(g_i)``. By their Proposition 1, ``π_C(Jᵀu) = Jᵀv`` with
     ``v = argmin_{v ≥ u} vᵀ G v``, so ``w = Σ_i v^{(i)}`` with ``u^{(i)} = p_i e_i``
     (:func:`moopt._solvers.dual_cone_weights`: FISTA, finished exactly by an active-set
-    method). Non-conflicting: ``J d ≥ 0``.
+    method). Non-conflicting: ``J d ≥ 0``. For K = 2 the projections have a closed form,
+    equal to the solver's answer up to round-off (:func:`moopt._two_tasks.upgrad`):
+    ``w = (p1 + p2 max(0, −G12)/G11, p2 + p1 max(0, −G21)/G22)``.
 
     Deviations from TorchJD (the authors' library): the dual-cone QPs are solved in torch
     on G's device, without TorchJD's trace normalisation and ``1e-4`` ridge on G, so the
@@ -464,6 +524,8 @@ class UPGrad(_DualCone):
     """
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+        if gramian.shape[0] == 2:
+            return _two_tasks.upgrad(gramian, self._pair_pref())
         return _solvers.dual_cone_weights(gramian, torch.diag(self._pref_for(gramian))).sum(1)
 
 
@@ -473,7 +535,10 @@ class DualProj(_DualCone):
     Quinton & Rey (2024) after Gradient Episodic Memory (Lopez-Paz & Ranzato, 2017,
     Eq. 11): ``d = π_C(Jᵀp)`` with ``C = {x : J x ≥ 0}`` and ``p`` defaulting to ``1/K``;
     ``w = argmin_{v ≥ p} vᵀ G v`` (:func:`moopt._solvers.dual_cone_weights`).
-    Non-conflicting: ``J d ≥ 0``. Same deviations from TorchJD as :class:`UPGrad`.
+    Non-conflicting: ``J d ≥ 0``. Same deviations from TorchJD as :class:`UPGrad`. For K = 2
+    in closed form (:func:`moopt._two_tasks.dual_proj`, equal to the solver up to
+    round-off): ``w_i = max(p_i, −G_ij p_j / G_ii)`` for the one task i (if any) with
+    ``(G p)_i < 0``, ``w = p`` otherwise.
 
     Args:
         pref: non-negative preference vector (default ``1/K`` for each task).
@@ -481,6 +546,8 @@ class DualProj(_DualCone):
     """
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+        if gramian.shape[0] == 2:
+            return _two_tasks.dual_proj(gramian, self._pair_pref())
         pref = self._pref_for(gramian).unsqueeze(1)
         return _solvers.dual_cone_weights(gramian, pref).squeeze(1)
 
@@ -501,7 +568,9 @@ class GradVac(_Gramian):
     no public official code; this follows its Algorithm 1 with a single φ̂ per task pair
     (the paper also groups by layer). The EMA state is a buffer; :meth:`reset` clears it,
     and a different K raises until it is reset. Not differentiable through the state; the
-    weights of one call are differentiable a.e. in ``G`` for the drawn orders.
+    weights of one call are differentiable a.e. in ``G`` for the drawn orders. For K = 2 each
+    task has one other, so no order is drawn and the single round is computed in closed form
+    (:func:`moopt._two_tasks.gradvac`, equal to the general rounds up to round-off).
 
     Args:
         beta: EMA rate in [0, 1].
@@ -547,6 +616,8 @@ class GradVac(_Gramian):
                 "call reset() before changing the number of tasks"
             )
         target = self.target.to(dtype=gramian.dtype, device=gramian.device)
+        if n == 2:
+            return self._solve_two(gramian, target)
         rows = torch.arange(n, device=gramian.device)
         shuffled = torch.stack([torch.randperm(n - 1, generator=self.generator) for _ in range(n)])
         # Task i visits the others: a permutation of 0..n-2 with the entries ≥ i shifted up.
@@ -584,6 +655,14 @@ class GradVac(_Gramian):
             new_target.scatter_(1, orders, torch.stack(cosines, dim=1).detach())
         self.target = new_target
         return coefficients.sum(dim=0)
+
+    def _solve_two(self, gramian: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        (keep_1, goal_12), (goal_21, keep_2) = target.detach().tolist()
+        weights, (new_12, new_21) = _two_tasks.gradvac(
+            gramian, (goal_12, goal_21), self.beta, self.eps
+        )
+        self.target = _two_tasks.host_tensor([[keep_1, new_12], [new_21, keep_2]], target)
+        return weights
 
 
 class GradDrop(GradientCombiner):
@@ -668,7 +747,9 @@ class ConFIG(_Gramian):
     Deviation: the official code (tum-pbs/ConFIG) solves with ``torch.linalg.lstsq`` on the
     K×D unit matrix; the Gramian form gives the same min-norm solution (pseudo-inverse
     thresholds differ only for numerically rank-deficient gradients) at O(K²) memory.
-    Weights are differentiable in ``G`` while its rank is constant.
+    Weights are differentiable in ``G`` while its rank is constant. For K = 2 with non-zero,
+    non-colinear gradients, ``y ∝ ((p1 − ρ p2)/‖g1‖, (p2 − ρ p1)/‖g2‖)`` with ``ρ`` their
+    cosine (:func:`moopt._two_tasks.config`, equal to the pseudo-inverse form up to round-off).
 
     Args:
         pref: non-negative preference vector (default all ones).
@@ -681,6 +762,10 @@ class ConFIG(_Gramian):
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
+        if n == 2:
+            closed = _two_tasks.config(gramian, _preference_floats(self.pref, n, 1.0))
+            if closed is not None:
+                return closed
         pref = _resolve_preference(self.pref, n, gramian, 1.0)
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         inverse = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)

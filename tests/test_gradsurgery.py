@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moopt import _solvers
+from moopt import _solvers, _two_tasks
 from moopt import gradsurgery as gs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
@@ -187,7 +187,7 @@ def test_cagrad_two_task_closed_form_is_taken_and_meets_the_kkt_conditions() -> 
     anchor = torch.full((2,), 0.5, dtype=torch.float64)
     radius = 0.9 * (anchor @ gramian @ anchor).sqrt()
     g_hat, r_hat = gramian / scale, radius / scale.sqrt()
-    closed = _solvers._cagrad_interior_of_two(g_hat, anchor, r_hat, 1e-10)
+    closed = _two_tasks.cagrad(g_hat, 0.9, 1e-10)
     assert closed is not None
     lam = float((closed - anchor).sum())  # weights are b + λ w with w on the simplex
     w = (closed - anchor) / lam
