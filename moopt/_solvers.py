@@ -409,10 +409,10 @@ def cagrad_dual(
     ``(G (b + λ w))_F = τ·1``, ``1ᵀw = 1``, ``‖Jᵀw‖ = r/λ`` have a closed form (a quadratic
     in 1/λ, see :func:`_cagrad_on_support`); the support is found by projected gradient with
     Armijo backtracking on F and checked against the full KKT conditions. When the
-    optimum is ``g_w = 0`` (``r ≥ ‖g0‖`` and 0 in the convex hull of the gradients:
-    Pareto-stationary), ``λ`` is infinite and zero weights are returned, as TorchJD does
-    (the official code divides by ``‖g_w‖ + 1e-8``). For K = 2, CAGrad calls the closed
-    forms of :func:`moopt._two_tasks.cagrad` first.
+    optimum is ``g_w = 0`` (0 in the convex hull of the gradients: Pareto-stationary),
+    ``λ`` is infinite and the formula for ``d`` is undefined; see
+    :func:`_cagrad_stationary_weights` for what is returned then. For K = 2, CAGrad calls
+    the closed forms of :func:`moopt._two_tasks.cagrad` first.
 
     Raises:
         RuntimeError: when ``max_iter`` iterations do not reach the tolerance.
@@ -437,10 +437,10 @@ def cagrad_dual(
         if not violation <= tol:
             candidate, violation = _cagrad_on_support(g_hat, b, r_hat, support)
         accepted = violation <= tol
-        if not accepted and r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
-            closest = min_norm_simplex(g_hat, tol)
-            if float(closest @ g_hat @ closest) <= tol:
-                return torch.zeros_like(anchor)
+        if not accepted:
+            stationary = _cagrad_stationary_weights(g_hat, b, r_hat, tol)
+            if stationary is not None:
+                return stationary.to(anchor.dtype)
 
         def objective(x: torch.Tensor) -> float:
             return float(x @ linear + r_hat * (x @ g_hat @ x).clamp(min=0.0).sqrt())
@@ -475,6 +475,36 @@ def cagrad_dual(
     if step_weights is None:
         return solution
     return with_implicit_derivative(solution, anchor + step_weights[1] * step_weights[0])
+
+
+def _cagrad_stationary_weights(
+    g_hat: torch.Tensor, b: torch.Tensor, r_hat: float, tol: float
+) -> torch.Tensor | None:
+    """CAGrad's weights when its dual optimum is ``g_w = 0``, or ``None`` when it is not.
+
+    With 0 in the convex hull of the gradients (``Σ_k μ_k g_k = 0`` for some ``μ`` in the
+    simplex), ``min_k g_k·d ≤ Σ_k μ_k g_k·d = 0`` for every ``d``, so the primal value is at
+    most 0; it is exactly 0, with the dual optimum at ``g_w = 0``, when some ``d`` in the ball
+    ``‖d − g0‖ ≤ r`` conflicts with no task (``J d ≥ 0``). Every such ``d`` is then optimal:
+
+    * ``r ≥ ‖g0‖``: ``d = 0`` (zero weights), as TorchJD returns;
+    * ``r < ‖g0‖``: the optimum closest to ``g0``, i.e. ``g0`` projected onto the cone
+      ``{d : J d ≥ 0}`` (weights ``v ≥ b`` minimising ``vᵀ G v``, :func:`dual_cone_weights`),
+      which lies in the ball exactly when the value is 0. When ``g0`` conflicts with no task
+      (e.g. one task's gradient is zero and the others agree) this is ``g0`` itself, the
+      mean gradient that the official code returns there (it divides ``g_w = 0`` by
+      ``‖g_w‖ + 1e-8``).
+    """
+    closest = min_norm_simplex(g_hat, tol)
+    if float(closest @ g_hat @ closest) > tol:
+        return None
+    if r_hat >= float((b @ g_hat @ b).clamp(min=0.0).sqrt()):
+        return torch.zeros_like(b)
+    projected = dual_cone_weights(g_hat, b.unsqueeze(1), tol).squeeze(1)
+    shift = projected - b
+    if float((shift @ g_hat @ shift).clamp(min=0.0).sqrt()) > r_hat * (1.0 + tol) + tol:
+        return None
+    return projected
 
 
 def _cagrad_on_support(

@@ -316,11 +316,14 @@ class CAGrad(_Gramian):
     the optimum is a vertex or interior, :func:`moopt._two_tasks.cagrad`, equal to the
     general solver up to round-off) instead of scipy's SLSQP; the
     official ``1e-8`` guards inside the square roots are left out. ``g0 = 0`` gives
-    ``d = 0``; so does a Pareto-stationary J (0 in the hull of the gradients) with
-    ``c ≥ 1``, where the dual optimum is ``g_w = 0`` (as TorchJD; the official code then
-    divides by ``‖g_w‖ + 1e-8``). Guarantee (tested): for ``rescale=0``, ``‖d − g0‖ ≤ r`` and
-    ``min_k g_k·d ≥ min_k g_k·g0``. Weights are differentiable in ``G`` for a fixed
-    support of ``w``.
+    ``d = 0``. At a Pareto-stationary J (0 in the hull of the gradients, e.g. one task's
+    gradient is zero) the dual optimum can be ``g_w = 0``, where the formula is undefined
+    and every non-conflicting ``d`` in the ball is optimal: with ``c ≥ 1`` this returns
+    ``d = 0`` (as TorchJD), with ``c < 1`` the optimum nearest ``g0`` (``g0`` projected
+    onto ``{d : J d ≥ 0}``; ``g0`` itself when it conflicts with no task, which is what
+    the official code's division by ``‖g_w‖ + 1e-8`` yields). Guarantee (tested): for
+    ``rescale=0``, ``‖d − g0‖ ≤ r`` and ``min_k g_k·d ≥ min_k g_k·g0``. Weights are
+    differentiable in ``G`` for a fixed support of ``w``.
 
     Args:
         c: radius factor ``c ≥ 0`` (``alpha`` in the official code; 0 is the mean gradient).

@@ -196,6 +196,47 @@ def test_cagrad_two_task_closed_form_is_taken_and_meets_the_kkt_conditions() -> 
     torch.testing.assert_close(gs.CAGrad(c=0.9, rescale=0).weights(gramian), closed)
 
 
+def _pareto_stationary_jacobians() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    g, h = torch.randn(2, 12, generator=generator, dtype=torch.float64)
+    zero = torch.zeros(12, dtype=torch.float64)
+    return {
+        "K=2, second zero": torch.stack([g, zero]),
+        "K=2, first zero": torch.stack([zero, g]),
+        "K=3, one zero, others agree": torch.stack([g, zero, g + 0.1 * h]),
+        "K=3, opposite pair and a third": torch.stack([g, -g, h]),
+    }
+
+
+@pytest.mark.parametrize("c", [0.2, 0.5, 0.9])
+@pytest.mark.parametrize("case", sorted(_pareto_stationary_jacobians()))
+def test_cagrad_at_a_pareto_stationary_point_with_c_below_one(c: float, case: str) -> None:
+    # 0 is in the hull of the gradients, so the dual optimum is g_w = 0 and the formula
+    # d = g0 + r g_w/‖g_w‖ is undefined; CAGrad returns the primal optimum closest to g0
+    # (cvxpy gives the primal value), which is g0 itself when g0 conflicts with no task.
+    cp = pytest.importorskip("cvxpy")
+    jacobian = _pareto_stationary_jacobians()[case]
+    numpy_jacobian = jacobian.numpy()
+    mean = numpy_jacobian.mean(axis=0)
+    radius = c * np.linalg.norm(mean)
+    d, t = cp.Variable(12), cp.Variable()
+    cp.Problem(cp.Maximize(t), [numpy_jacobian @ d >= t, cp.norm(d - mean) <= radius]).solve(
+        solver=cp.CLARABEL
+    )
+    update = gs.CAGrad(c=c, rescale=0).aggregate(jacobian).numpy()
+    assert np.isfinite(update).all()
+    assert (numpy_jacobian @ update).min() >= t.value - 1e-7
+    assert np.linalg.norm(update - mean) <= radius * (1 + 1e-9)
+    if (numpy_jacobian @ mean).min() >= 0:  # g0 conflicts with no task: g0 itself
+        np.testing.assert_allclose(update, mean, rtol=1e-12, atol=1e-12)
+    else:  # the projection of g0 onto {d : J d ≥ 0}: a non-conflicting d nearest to g0
+        projected = cp.Variable(12)
+        cp.Problem(
+            cp.Minimize(cp.sum_squares(projected - mean)), [numpy_jacobian @ projected >= 0]
+        ).solve(solver=cp.CLARABEL)
+        np.testing.assert_allclose(update, projected.value, atol=1e-6)
+
+
 def test_cagrad_with_zero_radius_is_the_mean() -> None:
     jacobian = make_jacobian(3, 12, 3, 1.0, 4)
     torch.testing.assert_close(gs.CAGrad(c=0.0).aggregate(jacobian), jacobian.mean(dim=0))
