@@ -51,6 +51,8 @@ def main() -> None:
     print(f"\nFDS validation loss per outer step: {losses}")
     diverged = sorted(fds.history.diverged)
     print(f"FDS outer steps whose unroll diverged (tune stepped back): {diverged or 'none'}")
+    for step, reason in sorted(fds.history.rejected.items()):
+        print(f"FDS outer step {step} finished, not updated from (stepped back): {reason}")
     print(f"\nFDS - greedy HD test accuracy: {fds.test_accuracy - hd.test_accuracy:+.4f}")
     print(f"FDS - random search test accuracy: {fds.test_accuracy - rs.test_accuracy:+.4f}")
 

@@ -32,7 +32,9 @@ stability (large learning rates, long horizons) ``A_t`` expands them exponential
 that they overflow (past ~3e38 in float32) although the inner run itself stays finite.
 Every column k is therefore kept as a mantissa ``Z̃_k = Z_k / 2^{e_k}`` with an integer
 exponent ``e_k``: whenever a column's largest entry passes ``2^{m/4}`` (m the dtype's
-largest binary exponent: 2^32 in float32, 2^256 in float64) it is divided by a power of
+largest binary exponent: 2^32 in float32, 2^256 in float64; looked at every 8 steps and
+after the last, which leaves room for growth by e^66 in float32 in between, while one
+SGD step multiplies the tangents by about ``1 + lr·λ_max``) it is divided by a power of
 two that brings it near 1 and ``e_k`` grows by the same amount (and shrinks back, down to
 ``e_k = 0``, if the column later falls below ``2^{-m/4}``). By linearity,
 ``Z̃_{t+1} = A_t Z̃_t + B_t·2^{-e_k}``: the same jvp, with the hyperparameter's seed
@@ -206,9 +208,10 @@ class HypergradResult:
             the hypergradient is zero), finite even where ``hypergrads`` overflowed its
             dtype to ±inf (see the module docstring, rescaled tangents).
         log_tangent_peaks: ``{name: log max_t max_i |d state_t[i] / d raw|}`` in float64:
-            how large each hyperparameter's tangent grew during the unroll (forward mode
-            only, else ``None``). Exponential growth (tens of nats and more) marks a
-            chaotic inner run (see :func:`~moopt.hypergrad.tune`).
+            how large each hyperparameter's tangent grew during the unroll (looked at
+            every 8 inner steps and after the last; forward mode only, else ``None``).
+            Exponential growth (tens of nats and more) marks a chaotic inner run (see
+            :func:`~moopt.hypergrad.tune`).
     """
 
     val_loss: torch.Tensor
@@ -474,7 +477,8 @@ def forward_unroll(
                     raise UnrollError(f"inner step {t} failed: {error}") from error
                 if losses is not None:
                     losses[t] = loss.detach()
-                peak = _column_peaks(tangent, active)
+                due = (t + 1) % _RESCALE_EVERY == 0 or t + 1 == horizon
+                peak = _column_peaks(tangent, active) if due else None
                 if peak is not None:
                     log_peak = peak.double().log() + exponents[:active] * math.log(2.0)
                     log_peaks[:active] = torch.maximum(log_peaks[:active], log_peak)
@@ -514,6 +518,10 @@ def forward_unroll(
     return make_result(space, value, flat_grad, state, losses, flat_log_abs, flat_log_peaks)
 
 
+#: Inner steps between two looks at the tangents' magnitudes (rescaling, peaks).
+_RESCALE_EVERY = 8
+
+
 def _times_power_of_two(rows: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
     """``rows[k] · 2^{exponents[k]}`` (exact: a power of two in the rows' dtype)."""
     factor = torch.ldexp(torch.ones_like(exponents, dtype=rows.dtype), exponents.to(rows.dtype))
@@ -526,8 +534,11 @@ def _column_peaks(tangent: State, columns: int) -> torch.Tensor | None:
     leaves = [leaf for leaf in tree_flatten(tangent)[0] if leaf.numel() > 0]
     if not leaves or columns == 0:
         return None
-    peaks = [leaf.detach().abs().reshape(columns, -1).amax(1) for leaf in leaves]
-    return torch.stack([p.to(peaks[0].dtype) for p in peaks]).amax(0)
+    peaks = []
+    for leaf in leaves:
+        low, high = torch.aminmax(leaf.detach().reshape(columns, -1), dim=1)
+        peaks.append(torch.maximum(-low, high).to(leaves[0].dtype))
+    return torch.stack(peaks).amax(0)
 
 
 def _renormalise(
