@@ -184,8 +184,10 @@ def test_a_chaotic_run_counts_but_tune_steps_back_from_it():
     assert not history.diverged and sorted(history.rejected) == [1, 3]
     assert "chaotic run: tangents grew to e^200.0" in history.rejected[1]
     assert history.val_losses[1] == pytest.approx(0.09) and history.best_step() == 1
+    assert history.log_tangent_peaks == [1.0, 200.0, 1.0, 200.0]
     restored = History.from_state_dict(history.state_dict())
     assert restored.rejected == history.rejected
+    assert restored.log_tangent_peaks == history.log_tangent_peaks
 
 
 def test_max_log_tangent_none_updates_from_chaotic_runs_and_the_threshold_is_exclusive():

@@ -75,6 +75,9 @@ class History:
             update from (it stepped back instead): an exploding or infinite
             hypergradient, or (``step_back="worse"``) a validation loss no lower than the
             best so far. Their validation losses count (one may be the best run).
+        log_tangent_peaks: at each outer step, the log of the largest tangent entry of
+            the run (the maximum of ``HypergradResult.log_tangent_peaks``; NaN when the
+            result has none or the run diverged): tens of nats and more mark chaos.
     """
 
     values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -84,6 +87,7 @@ class History:
     window_of: dict[str, torch.Tensor] = field(default_factory=dict)
     diverged: dict[int, str] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
+    log_tangent_peaks: list[float] = field(default_factory=list)
 
     @property
     def outer_steps(self) -> int:
@@ -99,25 +103,29 @@ class History:
     def record(self, schedules: Mapping[str, Schedule], result: HypergradResult) -> None:
         """Append the values of ``schedules`` (before their update) and ``result``."""
         hypergrads = {name: result.hypergrads[name] for name in schedules}
-        self._append(schedules, hypergrads, float(result.val_loss))
+        peaks = result.log_tangent_peaks
+        peak = math.nan if peaks is None else max(float(peaks[n].max()) for n in schedules)
+        self._append(schedules, hypergrads, float(result.val_loss), peak)
 
     def record_diverged(self, schedules: Mapping[str, Schedule], error: Exception) -> None:
         """Append the values of ``schedules`` whose unroll diverged, with NaN results."""
         self.diverged[self.outer_steps] = str(error)
         nan = {name: torch.full_like(s.raw, math.nan) for name, s in schedules.items()}
-        self._append(schedules, nan, math.nan)
+        self._append(schedules, nan, math.nan, math.nan)
 
     def _append(
         self,
         schedules: Mapping[str, Schedule],
         hypergrads: Mapping[str, torch.Tensor],
         val_loss: float,
+        log_tangent_peak: float,
     ) -> None:
         for name, schedule in schedules.items():
             self.values.setdefault(name, []).append(schedule.values().cpu().clone())
             self.hypergrads.setdefault(name, []).append(hypergrads[name].cpu().clone())
             self.window_of[name] = schedule.window_of.clone()
         self.val_losses.append(val_loss)
+        self.log_tangent_peaks.append(log_tangent_peak)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers of tensors and floats (for ``torch.save``)."""
@@ -129,6 +137,7 @@ class History:
             "window_of": self.window_of,
             "diverged": self.diverged,
             "rejected": self.rejected,
+            "log_tangent_peaks": self.log_tangent_peaks,
         }
 
     @classmethod
@@ -142,6 +151,9 @@ class History:
             window_of=dict(state["window_of"]),
             diverged={int(k): str(v) for k, v in state.get("diverged", {}).items()},
             rejected={int(k): str(v) for k, v in state.get("rejected", {}).items()},
+            log_tangent_peaks=list(
+                state.get("log_tangent_peaks", [math.nan] * len(state["val_losses"]))
+            ),
         )
 
     def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None):
