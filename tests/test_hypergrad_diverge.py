@@ -202,37 +202,8 @@ def test_max_log_tangent_none_updates_from_chaotic_runs_and_the_threshold_is_exc
     assert not history.rejected
 
 
-def test_step_back_worse_returns_to_the_best_run_after_a_worse_one():
-    schedule = Schedule(0.0, steps=4, bounds=(0.0, 1.0), dtype=DT)
-    calls: list[float] = []
-
-    def objective(k: int) -> HypergradResult:  # loss (0.5 − x)², minimum at 0.5
-        x = float(schedule.values().reshape(()))
-        calls.append(x)
-        grad = torch.full_like(schedule.raw, -2 * (0.5 - x))
-        return HypergradResult(
-            torch.tensor((0.5 - x) ** 2, dtype=DT), {"x": grad}, {"x": grad}, None
-        )
-
-    history = tune(
-        objective,
-        {"x": schedule},
-        5,
-        outer=SignStep(0.4, halve_on_flip=False),
-        progress=False,
-        step_back="worse",
-    )
-    # 0 → 0.4 (best) → 0.8 (worse: back to 0.4 with 0.2) → 0.6 (worse than 0.4: back with
-    # 0.1) → 0.5
-    assert calls == pytest.approx([0.0, 0.4, 0.8, 0.6, 0.5])
-    assert sorted(history.rejected) == [2, 3] and "not below the best" in history.rejected[2]
-    assert history.best_step() == 4
-
-
-def test_step_back_and_max_log_tangent_bad_input():
+def test_max_log_tangent_bad_input_and_a_chaotic_first_run():
     objective, schedules = _chaotic_above(LIMIT, [])
-    with pytest.raises(ValueError, match="step_back"):
-        tune(objective, schedules, 2, progress=False, step_back="always")
     with pytest.raises(TypeError, match="max_log_tangent"):
         tune(objective, schedules, 2, progress=False, max_log_tangent="88")
     objective, schedules = _chaotic_above(-1.0, [])

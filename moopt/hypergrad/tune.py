@@ -32,8 +32,7 @@ whose tangents grew past ``exp(max_log_tangent)`` (default ≈ e^88.7, float32's
 number: where float32 tangents used to overflow and the run to stop), nor from a ±inf
 hypergradient for a rule that needs values (:class:`AdamStep`,
 :class:`CuttingPlaneStep`): it records the run in ``History.rejected`` and steps back as
-after a divergence. With ``step_back="worse"`` it also steps back from every finished
-run whose validation loss is not below the best so far (monotone backtracking).
+after a divergence.
 """
 
 from __future__ import annotations
@@ -72,9 +71,9 @@ class History:
         diverged: ``{outer step: message}`` for the steps whose unroll diverged (their
             validation loss and hypergradients are recorded as NaN).
         rejected: ``{outer step: reason}`` for the finished runs that ``tune`` did not
-            update from (it stepped back instead): an exploding or infinite
-            hypergradient, or (``step_back="worse"``) a validation loss no lower than the
-            best so far. Their validation losses count (one may be the best run).
+            update from (it stepped back instead): a chaotic run (exploding tangents) or a
+            ±inf hypergradient that the outer rule cannot use. Their validation losses
+            count (one may be the best run).
         log_tangent_peaks: at each outer step, the log of the largest tangent entry of
             the run (the maximum of ``HypergradResult.log_tangent_peaks``; NaN when the
             result has none or the run diverged): tens of nats and more mark chaos.
@@ -214,7 +213,6 @@ def tune(
     progress: bool = True,
     callback: Callable[[int, HypergradResult, History], None] | None = None,
     on_diverge: str = "backtrack",
-    step_back: str = "diverged",
     max_log_tangent: float | None = LOG_FLOAT32_MAX,
 ) -> History:
     """Run ``outer_steps`` outer steps of hypergradient-based tuning.
@@ -242,12 +240,6 @@ def tune(
             ``"raise"``. A run
             that diverges at the very first values is always raised: there is nothing
             to go back to.
-        step_back: when else to step back (as after a divergence, but the finished run
-            is recorded with its validation loss): ``"diverged"`` (default: only after a
-            chaotic run, see ``max_log_tangent``, or a ±inf hypergradient for a rule
-            that needs its value) or ``"worse"`` (also when a finished run's validation
-            loss is not below the best so far: a monotone backtracking search, meant
-            for deterministic objectives, where the same values give the same loss).
         max_log_tangent: a run whose tangents grew past ``exp(this)`` in magnitude
             (``HypergradResult.log_tangent_peaks``; for results without them, the
             hypergradient) is taken as chaotic and not updated from (see the module
@@ -274,8 +266,6 @@ def tune(
         raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
     if on_diverge not in ("backtrack", "raise"):
         raise ValueError(f"on_diverge must be 'backtrack' or 'raise'; got {on_diverge!r}")
-    if step_back not in ("diverged", "worse"):
-        raise ValueError(f"step_back must be 'diverged' or 'worse'; got {step_back!r}")
     if max_log_tangent is not None and (
         isinstance(max_log_tangent, bool) or not isinstance(max_log_tangent, (int, float))
     ):
@@ -318,12 +308,6 @@ def tune(
                 history.record(schedules, result)
                 reason = _rejection(result, schedules, outer, max_log_tangent)
                 val_loss = float(result.val_loss)
-                if reason is None and step_back == "worse" and best_good is not None:
-                    if not val_loss < best_good["val_loss"]:
-                        reason = (
-                            f"validation loss {val_loss:.6g} not below the best so far "
-                            f"({best_good['val_loss']:.6g})"
-                        )
                 if reason is None:
                     if best_good is None or val_loss < best_good["val_loss"]:
                         best_good = _snapshot(schedules, outer, result)
