@@ -480,7 +480,7 @@ def forward_unroll(
                 due = (t + 1) % _RESCALE_EVERY == 0 or t + 1 == horizon
                 peak = _column_peaks(tangent, active) if due else None
                 if peak is not None:
-                    log_peak = peak.double().log() + exponents[:active] * math.log(2.0)
+                    log_peak = peak.double().log() + exponents[:active].double() * math.log(2.0)
                     log_peaks[:active] = torch.maximum(log_peaks[:active], log_peak)
                     if rescale_tangents:
                         tangent, exponents[:active] = _renormalise(
