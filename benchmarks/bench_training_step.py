@@ -12,6 +12,10 @@ step: zero the gradients, forward, and the backward of the method. Rows:
   and the same weighting updated by a second backward of ``Σ w_k L_k``, or with the
   per-task gradients from vmap's batched backward instead of the loop the engine uses on
   CPU (both alternatives measured here to justify the engine's choices);
+* moopt with ``watch`` (``combiner.watch(trunk)``, ``combiner.watch(heads)``): the
+  Gramian and the update of every linear layer from its recorded inputs and the K tasks'
+  output gradients, without the K×D Jacobian (each of these rows runs on its own copy
+  of the model, because watch hooks record every forward of the model they watch);
 * moopt ``features=`` mode (per-task gradients only down to the trunk output, then one
   trunk backward; MGDA-UB with the min-norm weighting);
 * torchjd (``autojac.backward`` + ``jac_to_grad``, and ``mtl_backward`` + ``jac_to_grad``)
@@ -21,8 +25,8 @@ step: zero the gradients, forward, and the backward of the method. Rows:
 The rows "moopt Mean" and "moopt MinNorm" use private stand-ins written for this
 benchmark (a mean through the generic ``aggregate(J)`` path, and MGDA's min-norm weights
 by 25 Frank-Wolfe steps), which isolate the engine; the rows "moopt.MGDA",
-"moopt.UPGrad", "moopt.PCGrad" use the library's aggregators, and "moopt.MGDA features="
-is the library's MGDA-UB.
+"moopt.UPGrad", "moopt.PCGrad" (and their "watch" rows) use the library's aggregators,
+and "moopt.MGDA features=" is the library's MGDA-UB.
 Time is the CPU time of this process (``time.process_time``) with one torch thread,
 which on an idle machine equals the wall-clock time of the step and on a shared one is
 not inflated by the time other processes hold the core. After a warm-up the methods
@@ -37,6 +41,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -93,17 +98,27 @@ def make_model(n_tasks: int) -> tuple[nn.Module, nn.ModuleList]:
     return trunk, heads
 
 
-def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
-    torch.manual_seed(0)
-    trunk, heads = make_model(n_tasks)
+def make_forward(
+    trunk: nn.Module, heads: nn.ModuleList, x: torch.Tensor, y: torch.Tensor
+) -> Callable[[], tuple[list[torch.Tensor], torch.Tensor]]:
+    """One step's zeroing of the gradients and forward: the K losses and the trunk output."""
     params = [*trunk.parameters(), *heads.parameters()]
-    x, y = torch.randn(BATCH, N_IN), torch.randn(BATCH, n_tasks)
 
     def forward() -> tuple[list[torch.Tensor], torch.Tensor]:
         for p in params:
             p.grad = None
         h = trunk(x)
         return [((head(h)[:, 0] - y[:, k]) ** 2).mean() for k, head in enumerate(heads)], h
+
+    return forward
+
+
+def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
+    torch.manual_seed(0)
+    trunk, heads = make_model(n_tasks)
+    params = [*trunk.parameters(), *heads.parameters()]
+    x, y = torch.randn(BATCH, N_IN), torch.randn(BATCH, n_tasks)
+    forward = make_forward(trunk, heads, x, y)
 
     def summed() -> None:
         sum(forward()[0]).backward()
@@ -115,6 +130,14 @@ def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
 
     def moopt_param(combiner: GradientCombiner) -> Callable[[], None]:
         return lambda: combiner.backward(forward()[0])
+
+    def moopt_watch(combiner: GramianWeighting) -> Callable[[], None]:
+        # A model of its own (same weights): watch hooks record every forward of a model.
+        own_trunk, own_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
+        combiner.watch(own_trunk)
+        combiner.watch(own_heads)
+        own_forward = make_forward(own_trunk, own_heads, x, y)
+        return lambda: combiner.backward(own_forward()[0])
 
     def moopt_features(combiner: GradientCombiner) -> Callable[[], None]:
         def step() -> None:
@@ -146,6 +169,9 @@ def build_methods(n_tasks: int) -> dict[str, Callable[[], None]]:
         "moopt.MGDA": moopt_param(MGDA()),
         "moopt.UPGrad": moopt_param(UPGrad()),
         "moopt.PCGrad": moopt_param(PCGrad(generator=torch.Generator().manual_seed(0))),
+        "moopt.MGDA watch": moopt_watch(MGDA()),
+        "moopt.UPGrad watch": moopt_watch(UPGrad()),
+        "moopt.PCGrad watch": moopt_watch(PCGrad(generator=torch.Generator().manual_seed(0))),
         "moopt.UPGrad features=": moopt_features(UPGrad()),
         "moopt.MGDA features= (MGDA-UB)": moopt_features(MGDA()),
     }

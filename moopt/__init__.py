@@ -14,6 +14,9 @@ by the function that needs it.
 """
 
 from moopt import problems
+
+# GramianWeighting.watch: linear layers' Gramian and update from activations
+from moopt._activations import LinearWatch, WatchReport
 from moopt._base import Combiner, GradientCombiner, GramianWeighting, LossCombiner
 from moopt.adaptive import DWA, FAMO, RLW, GeometricMean, ScaleInvariant
 from moopt.gradnorm import GradNorm
@@ -65,6 +68,9 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "UPGrad",
+    # GramianWeighting.watch: its handle and report
+    "LinearWatch",
+    "WatchReport",
     # constraints
     "Constraint",
     "MDMM",

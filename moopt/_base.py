@@ -29,6 +29,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from moopt._activations import (
+    LinearWatch,
+    WatchReport,
+    activation_update,
+    cover_linear_layers,
+    recorded_calls,
+)
 from moopt._ddp import (
     all_reduce_mean_,
     all_reduce_sum_,
@@ -250,6 +257,12 @@ class GradientCombiner(Combiner):
     ``.grad``) never run on this graph; ``no_sync()`` states that intent and skips DDP's
     per-step bookkeeping. The communication per step is K times that of plain DDP in
     parameter mode, and only K² numbers (Gramian weightings) in ``features=`` mode.
+
+    **Activations instead of J.** A :class:`GramianWeighting` can take the Gramian and
+    the update of ``nn.Linear`` layers from their recorded inputs and output gradients
+    (``combiner.watch(model)``, see that class); this class's :meth:`watch` raises
+    ``TypeError``, because an ``aggregate(J)`` method needs the per-task gradients
+    themselves.
     """
 
     @abc.abstractmethod
@@ -282,11 +295,11 @@ class GradientCombiner(Combiner):
                 aggregation result of the wrong shape, parameters that do not require
                 grad, or features the losses do not depend on.
         """
-        vector = self.losses_vector(losses)
-        rows = vector if isinstance(losses, torch.Tensor) else list(losses)
-        group = resolve_group(process_group)
-        self.__dict__["_loss_values"] = all_reduce_mean_(vector.detach().clone(), group)
         try:
+            vector = self.losses_vector(losses)
+            rows = vector if isinstance(losses, torch.Tensor) else list(losses)
+            group = resolve_group(process_group)
+            self.__dict__["_loss_values"] = all_reduce_mean_(vector.detach().clone(), group)
             if features is None:
                 targets, updates = self._parameter_update(vector, rows, params, retain_graph, group)
                 accumulate_grads(targets, updates, fresh=True)
@@ -297,6 +310,21 @@ class GradientCombiner(Combiner):
                 accumulate_grads(targets, updates, fresh=group is not None)
         finally:
             self.__dict__["_loss_values"] = None
+            for handle in self.__dict__.get("_watches", ()):
+                handle.clear()
+
+    def watch(self, module: nn.Module) -> LinearWatch:
+        """Record the ``nn.Linear`` calls of ``module`` for :meth:`backward`.
+
+        Only a :class:`GramianWeighting` (update ``Σ_k w_k g_k``) can use them: this
+        combiner needs the per-task gradients themselves, so this raises ``TypeError``.
+        """
+        raise TypeError(
+            f"{type(self).__name__} aggregates the per-task gradients themselves "
+            "(aggregate(J)), so it cannot take them from activations; watch() serves only "
+            "GramianWeighting methods (MGDA, UPGrad, DualProj, PCGrad, IMTLG, CAGrad, "
+            "NashMTL, AlignedMTL, ConFIG, FairGrad, GradVac)"
+        )
 
     @property
     def loss_values(self) -> torch.Tensor | None:
@@ -413,7 +441,7 @@ class GradientCombiner(Combiner):
 
 
 class GramianWeighting(GradientCombiner):
-    """A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
+    r"""A gradient combiner whose update is ``Σ_k w_k g_k`` with ``w = weights(J Jᵀ)``.
 
     In :meth:`backward` the K×K Gramian is computed by :func:`moopt._jacobian.gramian`
     (one product, or a sum over column chunks where that measured faster) and the update
@@ -426,6 +454,59 @@ class GramianWeighting(GradientCombiner):
     beyond a normal backward after that point; the peak while the K gradients are being
     computed is K·D either way. In ``features=`` mode only the K×(B·F) feature gradients
     are ever held.
+
+    **Linear layers from their activations (opt-in: ``watch``).** Call
+    ``handle = combiner.watch(model)`` once; ``combiner.backward(losses)`` is then used
+    as before. Forward hooks record every call of an ``nn.Linear`` inside ``model`` made
+    with gradients enabled (its input ``x`` and output ``y``). In parameter mode without
+    a process group, :meth:`backward` runs its K backward passes only down to the
+    recorded outputs (and to the parameters that are not covered, below), so autograd
+    never forms the K weight gradients of the covered layers. For ``y = x Wᵀ + b`` with
+    ``x`` flattened to R×n rows and task k's output gradient ``δ_k = ∂L_k/∂y`` (R×m),
+    ``∇_W L_k = δ_kᵀ x`` and ``∇_b L_k = δ_kᵀ 1``, so the layer adds
+
+    .. math:: G_{ij} \mathrel{+}= \operatorname{tr}(δ_iᵀ (x xᵀ) δ_j) + (1ᵀ δ_i)·(1ᵀ δ_j)
+              = \operatorname{tr}(δ_iᵀ (x xᵀ + 1 1ᵀ) δ_j)
+
+    to the Gramian, and once ``w = weights(G)`` is known its update is
+    ``(Σ_k w_k δ_k)ᵀ x`` (and ``Σ_k w_k δ_kᵀ 1``): one product per layer, no second
+    backward. A layer called several times stacks the rows of its calls. A layer takes
+    this form only where it needs fewer multiply-adds than its rows of J
+    (``R²·n + K·R²·m + K²·R·m + R·m·n`` against ``K·R·m·n + K²·m·n + K·m·n``,
+    :func:`moopt._activations.kernel_form_is_cheaper`): a batch through wide layers does,
+    a head with one output, a long sequence (R ≫ n) or K = 1 mostly keeps its rows. The
+    result equals the Jacobian route's up to round-off (``tests/test_watch.py``, the
+    updates and the Gramian to 1e-10 in float64).
+
+    A weight is *covered* when it is the weight of recorded calls that the losses reach,
+    the autograd graph (walked from the losses at every step) reaches it only through
+    those calls' own ``F.linear`` nodes, and the count above favours it; its bias is
+    covered with it when the same holds for the bias. Everything else falls back to
+    its rows of ``J`` from the same K backward passes, whose Gramian block is added and
+    whose update is ``w @ J_rest``: other layer types (convolutions, norms, embeddings),
+    a weight that is also used elsewhere (an output layer tied to an embedding,
+    ``F.linear(h, W.T)``), parametrised weights, subclasses of ``nn.Linear`` that
+    override ``forward``, calls whose output is changed in place afterwards
+    (``nn.ReLU(inplace=True)`` right after the layer) and calls under autocast (their
+    dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and records from
+    graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
+    covered and what fell back. :meth:`backward` consumes the records (in every mode,
+    also when it raises).
+
+    Not used in ``features=`` mode, nor under ``torch.distributed`` (a process group):
+    there the update must come from the rank-averaged per-task gradients, whose Gramian
+    ``⟨Σ_r g_i^r, Σ_s g_j^s⟩`` has cross-rank terms that no rank's activations give (it
+    is not the sum of the ranks' Gramians), so the Jacobian route runs as before.
+
+    Memory: instead of the K·(m·n + m) numbers of each covered layer's rows of J,
+    :meth:`backward` holds the K output gradients of its calls (K·R·m) and the hooks keep
+    each call's ``x`` and ``y`` alive from the forward to the backward (autograd usually
+    keeps ``x`` anyway). That is less wherever the kernel form is chosen, because the
+    count above favours it only when the rows are fewer than the layer's inputs (R < n).
+    Records of a forward that is not followed by this combiner's :meth:`backward` (an
+    evaluation pass with gradients enabled) are kept until the next one or
+    ``handle.clear()``; watch a model with one combiner at a time. Measured speed:
+    BENCHMARKS.md, "Training step".
     """
 
     @abc.abstractmethod
@@ -436,10 +517,61 @@ class GramianWeighting(GradientCombiner):
         """``weights(J Jᵀ) @ J``."""
         return self.weights(jacobian @ jacobian.T) @ jacobian
 
+    def watch(self, module: nn.Module) -> LinearWatch:
+        """Take the Gramian and update of ``module``'s linear layers from activations.
+
+        Installs forward hooks on every ``nn.Linear`` inside ``module`` (the module itself
+        included) and returns a :class:`~moopt._activations.LinearWatch` handle
+        (``.remove()``, or use it as a context manager). See the class docstring for
+        what :meth:`backward` then does; every result equals the Jacobian route's up to
+        round-off.
+        """
+        return LinearWatch(module, self.__dict__.setdefault("_watches", []))
+
+    @property
+    def watch_report(self) -> WatchReport | None:
+        """What the latest :meth:`backward` took from watched activations: a
+        :class:`~moopt._activations.WatchReport` whose ``covered`` parameters were served
+        by the activation formula and whose ``fallback`` ones came from Jacobian rows;
+        ``None`` when that backward did not try (nothing recorded, ``features=`` mode, or
+        a process group)."""
+        return self.__dict__.get("_watch_report")
+
+    def _parameter_update(
+        self,
+        vector: torch.Tensor,
+        rows: LossRows,
+        params: ParamsLike,
+        retain_graph: bool,
+        group: object,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        self.__dict__["_watch_report"] = None
+        calls = recorded_calls(self.__dict__.get("_watches", ())) if group is None else []
+        if not calls:
+            return super()._parameter_update(vector, rows, params, retain_graph, group)
+        resolved = as_param_list(params, vector)
+        coverage = cover_linear_layers([vector], resolved, calls, vector.numel())
+        self.__dict__["_watch_report"] = WatchReport.of(coverage)
+        if not coverage.layers:
+            return super()._parameter_update(vector, rows, resolved, retain_graph, group)
+        return activation_update(
+            coverage,
+            rows,
+            retain_graph,
+            memo_of(self),
+            lambda matrix: self._gramian_weights(matrix, None, matrix.dtype),
+        )
+
     def _combine(self, jacobian: torch.Tensor, group: object, sharded: bool) -> torch.Tensor:
         matrix = gramian(jacobian)
         if sharded:
             all_reduce_sum_(matrix, group)
+        return self._gramian_weights(matrix, group, jacobian.dtype) @ jacobian
+
+    def _gramian_weights(
+        self, matrix: torch.Tensor, group: object, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``weights(matrix)``, checked (finite diagonal, K entries) and broadcast."""
         check_finite_tasks(~torch.isfinite(matrix.diagonal()), "Gramian diagonal")
         n_tasks = matrix.shape[0]
         weights = self.weights(matrix)
@@ -448,5 +580,4 @@ class GramianWeighting(GradientCombiner):
                 f"{type(self).__name__}.weights must return a tensor of shape ({n_tasks},); "
                 f"got {getattr(weights, 'shape', type(weights).__name__)}"
             )
-        weights = broadcast_from_first(weights.detach().to(jacobian.dtype).contiguous(), group)
-        return weights @ jacobian
+        return broadcast_from_first(weights.detach().to(dtype).contiguous(), group)
