@@ -84,7 +84,8 @@ class UnrollError(RuntimeError):
 class UnrollDiverged(UnrollError):
     """NaN/inf appeared during the unroll: in the training loss, in the state (the inner
     run diverged) or only in the tangents (the run is finite but so sensitive to the
-    hyperparameters that its derivatives overflow, as at the edge of stability).
+    hyperparameters that its derivatives overflow, as at the edge of stability; with the
+    default ``rescale_tangents=True`` only when one step makes them overflow at once).
 
     Raised by the finiteness check of :func:`forward_unroll`. Unlike other failures it
     says that these hyperparameter values are too far, not that the code is wrong, so
