@@ -85,7 +85,8 @@ class UnrollDiverged(UnrollError):
     """NaN/inf appeared during the unroll: in the training loss, in the state (the inner
     run diverged) or only in the tangents (the run is finite but so sensitive to the
     hyperparameters that its derivatives overflow, as at the edge of stability; with the
-    default ``rescale_tangents=True`` only when one step makes them overflow at once).
+    default ``rescale_tangents=True`` only if they overflow within the 8 steps between two
+    looks at their size, or turn NaN).
 
     Raised by the finiteness check of :func:`forward_unroll`. Unlike other failures it
     says that these hyperparameter values are too far, not that the code is wrong, so
