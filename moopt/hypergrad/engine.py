@@ -212,7 +212,7 @@ class HypergradResult:
         log_tangent_peaks: ``{name: log max_t max_i |d state_t[i] / d raw|}`` in float64:
             how large each hyperparameter's tangent grew during the unroll (looked at
             every 8 inner steps and after the last; forward mode only, else ``None``).
-            Exponential growth (tens of nats and more) marks a chaotic inner run (see
+            Exponential growth (hundreds of nats) marks a chaotic inner run (see
             :func:`~moopt.hypergrad.tune`).
     """
 

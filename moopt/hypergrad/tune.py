@@ -76,7 +76,8 @@ class History:
             count (one may be the best run).
         log_tangent_peaks: at each outer step, the log of the largest tangent entry of
             the run (the maximum of ``HypergradResult.log_tangent_peaks``; NaN when the
-            result has none or the run diverged): tens of nats and more mark chaos.
+            result has none or the run diverged). On the digits MLP, chaotic runs reach
+            e^90-e^870 and stable ones e^1-e^8; runs in between occur, good and bad.
     """
 
     values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
