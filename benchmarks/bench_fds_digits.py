@@ -49,8 +49,12 @@ def main() -> None:
     fds, hd, rs = outcomes
     losses = ", ".join(f"{v:.4f}" for v in fds.val_losses)
     print(f"\nFDS validation loss per outer step: {losses}")
+    peaks = ", ".join(f"{v:.1f}" for v in fds.history.log_tangent_peaks)
+    print(f"FDS log of the largest tangent entry per outer step: {peaks}")
     diverged = sorted(fds.history.diverged)
     print(f"FDS outer steps whose unroll diverged (tune stepped back): {diverged or 'none'}")
+    for step, reason in sorted(fds.history.rejected.items()):
+        print(f"FDS outer step {step} finished, not updated from (stepped back): {reason}")
     print(f"\nFDS - greedy HD test accuracy: {fds.test_accuracy - hd.test_accuracy:+.4f}")
     print(f"FDS - random search test accuracy: {fds.test_accuracy - rs.test_accuracy:+.4f}")
 

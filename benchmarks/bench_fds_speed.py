@@ -12,7 +12,9 @@ understate the cost per column).
   tangent columns at once (``torch.func.jvp`` under ``vmap``: forward-over-reverse);
 * FDS columns: the same with ``tangents="columns"``, one Hessian-vector product (jvp)
   per column and the primal recomputed each time — the cost profile of the reference FDS
-  code, which forms H·Z column by column.
+  code, which forms H·Z column by column;
+* unscaled: FDS batched with ``rescale_tangents=False`` (no look at the tangents'
+  magnitudes every 8 steps), to show what the rescaling costs.
 
 Each is timed over ``--steps`` inner steps after a warm-up run, in CPU time of this process
 (``time.process_time``, one torch thread: on a machine shared with other busy processes,
@@ -85,7 +87,7 @@ def main() -> None:
             F.cross_entropy(net(x), y).backward()
             opt.step()
 
-    def fds(n: int, mode: str):
+    def fds(n: int, mode: str, rescale: bool = True):
         optimizer, hypers, train_loss = problem_for(n, setup, steps)
 
         def run() -> None:
@@ -97,6 +99,7 @@ def main() -> None:
                 setup.batch,
                 hypers=hypers,
                 tangents=mode,
+                rescale_tangents=rescale,
             )
 
         return run
@@ -111,14 +114,16 @@ def main() -> None:
     )
     print(f"plain torch.optim.SGD step: {plain_ms:.2f} ms\n")
     header = f"{'N':>4}{'batched ms':>12}{'x plain':>9}{'columns ms':>12}{'x plain':>9}"
-    print(header + f"{'columns / batched':>19}")
+    print(header + f"{'columns / batched':>19}{'unscaled ms':>13}{'rescaled / unscaled':>21}")
     for n in args.ns:
         fds(n, "batched")()
         batched_ms = best_of(args.repeat, fds(n, "batched")) / steps * 1e3
         columns_ms = best_of(args.repeat, fds(n, "columns")) / steps * 1e3
+        unscaled_ms = best_of(args.repeat, fds(n, "batched", rescale=False)) / steps * 1e3
         print(
             f"{n:>4}{batched_ms:>12.2f}{batched_ms / plain_ms:>9.1f}{columns_ms:>12.2f}"
-            f"{columns_ms / plain_ms:>9.1f}{columns_ms / batched_ms:>19.2f}",
+            f"{columns_ms / plain_ms:>9.1f}{columns_ms / batched_ms:>19.2f}"
+            f"{unscaled_ms:>13.2f}{batched_ms / unscaled_ms:>21.3f}",
             flush=True,
         )
 

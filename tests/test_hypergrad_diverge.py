@@ -152,3 +152,60 @@ def test_a_real_unroll_that_blows_up_raises_unroll_diverged():
     with pytest.raises(UnrollDiverged) as caught:
         fds_hypergradients(model, train_loss, val_loss, SGD(lr=lr), lambda t: None)
     assert caught.value.where in ("loss", "state", "tangents") and caught.value.step < 400
+
+
+def _chaotic_above(limit: float, calls: list[float], peak: float = 200.0):
+    """Loss (1 − x)²; runs past ``limit`` finish but report tangents grown to e^peak."""
+    schedule = Schedule(0.3, steps=4, bounds=(0.0, 1.0), dtype=DT)
+
+    def objective(k: int) -> HypergradResult:
+        x = float(schedule.values().reshape(()))
+        calls.append(x)
+        grad = torch.full_like(schedule.raw, -2 * (1 - x))
+        log_peak = torch.full_like(schedule.raw, peak if x > limit + 1e-12 else 1.0)
+        return HypergradResult(
+            torch.tensor((1 - x) ** 2, dtype=DT),
+            {"x": grad},
+            {"x": grad},
+            state=None,
+            log_tangent_peaks={"x": log_peak},
+        )
+
+    return objective, {"x": schedule}
+
+
+def test_a_chaotic_run_counts_but_tune_steps_back_from_it():
+    calls: list[float] = []
+    objective, schedules = _chaotic_above(LIMIT, calls)
+    history = tune(objective, schedules, 4, outer=SignStep(fraction=0.4), progress=False)
+    # as with a divergence (0.3 → 0.7 → back to 0.3 + 0.2 → 0.7 → 0.5 + 0.1), but the
+    # chaotic runs finish: their validation losses count, and 0.7 is the best run
+    assert calls == pytest.approx([0.3, 0.7, 0.5, 0.7])
+    assert not history.diverged and sorted(history.rejected) == [1, 3]
+    assert "chaotic run: tangents grew to e^200.0" in history.rejected[1]
+    assert history.val_losses[1] == pytest.approx(0.09) and history.best_step() == 1
+    assert history.log_tangent_peaks == [1.0, 200.0, 1.0, 200.0]
+    restored = History.from_state_dict(history.state_dict())
+    assert restored.rejected == history.rejected
+    assert restored.log_tangent_peaks == history.log_tangent_peaks
+
+
+def test_max_log_tangent_none_updates_from_chaotic_runs_and_the_threshold_is_exclusive():
+    calls: list[float] = []
+    objective, schedules = _chaotic_above(LIMIT, calls)
+    history = tune(
+        objective, schedules, 3, outer=SignStep(0.4), progress=False, max_log_tangent=None
+    )
+    assert calls == pytest.approx([0.3, 0.7, 1.0]) and not history.rejected
+    objective, schedules = _chaotic_above(LIMIT, [], peak=50.0)
+    history = tune(objective, schedules, 3, outer=SignStep(0.4), progress=False, max_log_tangent=50)
+    assert not history.rejected
+
+
+def test_max_log_tangent_bad_input_and_a_chaotic_first_run():
+    objective, schedules = _chaotic_above(LIMIT, [])
+    with pytest.raises(TypeError, match="max_log_tangent"):
+        tune(objective, schedules, 2, progress=False, max_log_tangent="88")
+    objective, schedules = _chaotic_above(-1.0, [])
+    with pytest.raises(ValueError, match="first run.*chaotic"):
+        tune(objective, schedules, 2, outer=SignStep(0.4), progress=False)

@@ -26,6 +26,25 @@ official code does.
 ``tangents="columns"`` pushes one column at a time (a separate jvp per column, the primal
 recomputed each time) — the cost profile of the reference code — for benchmarks only.
 
+Tangents that grow without overflowing (``rescale_tangents=True``, the default). The
+tangents obey an affine recursion, ``Z_{t+1} = A_t Z_t + B_t``, and near the edge of
+stability (large learning rates, long horizons) ``A_t`` expands them exponentially, so
+that they overflow (past ~3e38 in float32) although the inner run itself stays finite.
+Every column k is therefore kept as a mantissa ``Z̃_k = Z_k / 2^{e_k}`` with an integer
+exponent ``e_k``: whenever a column's largest entry passes ``2^{m/4}`` (m the dtype's
+largest binary exponent: 2^32 in float32, 2^256 in float64; looked at every 8 steps and
+after the last, which leaves room for growth by e^66 in float32 in between, while one
+SGD step multiplies the tangents by about ``1 + lr·λ_max``) it is divided by a power of
+two that brings it near 1 and ``e_k`` grows by the same amount (and shrinks back, down to
+``e_k = 0``, if the column later falls below ``2^{-m/4}``). By linearity,
+``Z̃_{t+1} = A_t Z̃_t + B_t·2^{-e_k}``: the same jvp, with the hyperparameter's seed
+scaled by ``2^{-e_k}``. Multiplying by a power of two is exact in floating point (apart
+from entries that underflow, more than ~2^{-126+32} below the column's largest one in
+float32), so the rescaled unroll computes the same numbers up to that factor, and the
+hypergradient is ``(∇val·Z̃_k)·2^{e_k}``, formed in float64. Its magnitude can exceed
+even float64 (chaotic runs): the result then holds ±inf with the exact sign, and
+``HypergradResult.log_abs_hypergrads`` always holds ``log|hypergradient|`` (finite).
+
 A single hyperparameter (N = 1, one shared value) needs no batching: the eager unroll then
 carries the one tangent column as dual tensors (``torch.autograd.forward_ad``) through the
 same step instead of calling ``torch.func.jvp`` at every step after the first, which
@@ -65,7 +84,9 @@ class UnrollError(RuntimeError):
 class UnrollDiverged(UnrollError):
     """NaN/inf appeared during the unroll: in the training loss, in the state (the inner
     run diverged) or only in the tangents (the run is finite but so sensitive to the
-    hyperparameters that its derivatives overflow, as at the edge of stability).
+    hyperparameters that its derivatives overflow, as at the edge of stability; with the
+    default ``rescale_tangents=True`` only if they overflow within the 8 steps between two
+    looks at their size, or turn NaN).
 
     Raised by the finiteness check of :func:`forward_unroll`. Unlike other failures it
     says that these hyperparameter values are too far, not that the code is wrong, so
@@ -185,6 +206,14 @@ class HypergradResult:
             ``"params"``, ``"buffers"`` and ``"optimizer"``.
         train_losses: training loss at every inner step, shape ``(T,)``, when the step
             reports it (else ``None``).
+        log_abs_hypergrads: ``{name: log|d val / d raw|}`` in float64 (``-inf`` where
+            the hypergradient is zero), finite even where ``hypergrads`` overflowed its
+            dtype to ±inf (see the module docstring, rescaled tangents).
+        log_tangent_peaks: ``{name: log max_t max_i |d state_t[i] / d raw|}`` in float64:
+            how large each hyperparameter's tangent grew during the unroll (looked at
+            every 8 inner steps and after the last; forward mode only, else ``None``).
+            Exponential growth (hundreds of nats) marks a chaotic inner run (see
+            :func:`~moopt.hypergrad.tune`).
     """
 
     val_loss: torch.Tensor
@@ -192,6 +221,8 @@ class HypergradResult:
     value_hypergrads: dict[str, torch.Tensor]
     state: Any
     train_losses: torch.Tensor | None = None
+    log_abs_hypergrads: dict[str, torch.Tensor] | None = None
+    log_tangent_peaks: dict[str, torch.Tensor] | None = None
 
     @property
     def params(self) -> dict[str, torch.Tensor]:
@@ -205,18 +236,33 @@ def make_result(
     flat_grad: torch.Tensor,
     state: Any,
     train_losses: torch.Tensor | None,
+    flat_log_abs: torch.Tensor | None = None,
+    flat_log_peaks: torch.Tensor | None = None,
 ) -> HypergradResult:
-    """Package a flat hypergradient into a :class:`HypergradResult`."""
+    """Package a flat hypergradient into a :class:`HypergradResult` (``flat_log_abs``:
+    ``log|flat_grad|`` in float64, default computed from ``flat_grad``; ``flat_log_peaks``:
+    the log tangent peaks, if known)."""
     hypergrads = space.split(flat_grad.detach())
     value_grads = {
         name: hypergrads[name] / space.schedules[name].value_derivative() for name in space.names
     }
+    if flat_log_abs is None:
+        flat_log_abs = flat_grad.detach().double().abs().log()
+
+    def per_schedule(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            name: flat[start:stop].reshape(s.raw.shape).to(device=s.raw.device)
+            for (name, s), (start, stop) in zip(space.schedules.items(), space.offsets)
+        }
+
     return HypergradResult(
         val_loss=val_loss.detach(),
         hypergrads=hypergrads,
         value_hypergrads=value_grads,
         state=tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, state),
         train_losses=train_losses,
+        log_abs_hypergrads=per_schedule(flat_log_abs),
+        log_tangent_peaks=None if flat_log_peaks is None else per_schedule(flat_log_peaks),
     )
 
 
@@ -295,6 +341,7 @@ def forward_unroll(
     compile: bool = False,
     progress: bool = False,
     on_error: Callable[[int, Exception], Exception] | None = None,
+    rescale_tangents: bool = True,
 ) -> HypergradResult:
     """FDS hypergradients of ``val(state_T)`` by forward-mode AD through T pure inner steps.
 
@@ -332,6 +379,11 @@ def forward_unroll(
         progress: show a tqdm progress bar over the inner steps.
         on_error: optional hook turning an exception raised inside step ``t`` into a more
             helpful one (the module-level API names the failing module).
+        rescale_tangents: keep every tangent column as a mantissa times a power of two,
+            renormalised when it grows past ``2^{m/4}`` (see the module docstring), so
+            that tangents that grow exponentially do not overflow; exact (powers of two).
+            ``False``: plain tangents, which stop the unroll with
+            :class:`UnrollDiverged` (``where="tangents"``) when they overflow.
 
     Returns:
         a :class:`HypergradResult` (hypergradients with respect to each schedule's ``raw``).
@@ -353,6 +405,9 @@ def forward_unroll(
     if compile:
         started = [n] * horizon
     seeds = torch.eye(n, dtype=h.dtype, device=h.device)[order.to(h.device)]
+    # Binary exponents of the tangent columns (sorted order): true tangent = stored · 2^e.
+    exponents = torch.zeros(n, dtype=torch.int64, device=h.device)
+    log_peaks = torch.full((n,), -math.inf, dtype=torch.float64, device=h.device)
     tangent = tree_map(lambda x: x.new_zeros((started[0], *x.shape)), state)
     get_batch = batch_source(batches, horizon)
 
@@ -395,11 +450,14 @@ def forward_unroll(
             for t in range(horizon):
                 if dual and t == 1:
                     dual_scope.enter_context(forward_ad.dual_level())
-                    h_dual = forward_ad.make_dual(h, seeds[0])
                 batch = get_batch(t)
                 active = started[t]
                 tangent = _pad_columns(tangent, active)
                 h_dot = seeds[:active]
+                if rescale_tangents:
+                    h_dot = _times_power_of_two(h_dot, -exponents[:active])
+                if dual and t > 0:
+                    h_dual = forward_ad.make_dual(h, h_dot[0])
                 try:
                     if dual and t > 0:
                         state, tangent, loss = _dual_step(f_of, state, tangent, h_dual, t, batch)
@@ -421,6 +479,15 @@ def forward_unroll(
                     raise UnrollError(f"inner step {t} failed: {error}") from error
                 if losses is not None:
                     losses[t] = loss.detach()
+                due = (t + 1) % _RESCALE_EVERY == 0 or t + 1 == horizon
+                peak = _column_peaks(tangent, active) if due else None
+                if peak is not None:
+                    log_peak = peak.double().log() + exponents[:active].double() * math.log(2.0)
+                    log_peaks[:active] = torch.maximum(log_peaks[:active], log_peak)
+                    if rescale_tangents:
+                        tangent, exponents[:active] = _renormalise(
+                            tangent, peak, exponents[:active]
+                        )
                 if monitor is not None:
                     monitor.record(t, state, tangent, loss if has_aux else None, losses)
                 if bar is not None:
@@ -433,15 +500,71 @@ def forward_unroll(
         return jvp(val, (state,), (tangent_in,))
 
     tangent = _pad_columns(tangent, n)
-    value, sorted_grad = vmap(directional, out_dims=(None, 0), randomness="same")(tangent)
-    flat_grad = torch.empty_like(sorted_grad)
-    flat_grad[order.to(sorted_grad.device)] = sorted_grad
-    if check_finite and not bool(torch.isfinite(flat_grad).all()):
+    value, mantissa = vmap(directional, out_dims=(None, 0), randomness="same")(tangent)
+    if check_finite and not bool(torch.isfinite(mantissa).all() and torch.isfinite(value)):
         raise UnrollError(
             f"the validation loss ({float(value)}) or its hypergradient is not finite after "
             f"{horizon} inner steps"
         )
-    return make_result(space, value, flat_grad, state, losses)
+    # hypergradient = mantissa · 2^e, in float64; ±inf (exact sign) if even that overflows.
+    wide = mantissa.detach().double()
+    sorted_grad = torch.ldexp(wide, exponents.to(wide))
+    sorted_log_abs = wide.abs().log() + exponents.to(wide) * math.log(2.0)
+    where = order.to(sorted_grad.device)
+    flat_grad = torch.empty_like(sorted_grad)
+    flat_grad[where] = sorted_grad
+    flat_log_abs = torch.empty_like(sorted_log_abs)
+    flat_log_abs[where] = sorted_log_abs
+    flat_log_peaks = torch.empty_like(log_peaks)
+    flat_log_peaks[where] = log_peaks
+    return make_result(space, value, flat_grad, state, losses, flat_log_abs, flat_log_peaks)
+
+
+#: Inner steps between two looks at the tangents' magnitudes (rescaling, peaks).
+_RESCALE_EVERY = 8
+
+
+def _times_power_of_two(rows: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``rows[k] · 2^{exponents[k]}`` (exact: a power of two in the rows' dtype)."""
+    factor = torch.ldexp(torch.ones_like(exponents, dtype=rows.dtype), exponents.to(rows.dtype))
+    return rows * factor.view(-1, *([1] * (rows.dim() - 1)))
+
+
+def _column_peaks(tangent: State, columns: int) -> torch.Tensor | None:
+    """The largest ``|entry|`` of each of the ``columns`` tangent columns (``None``: no
+    entries)."""
+    leaves = [leaf for leaf in tree_flatten(tangent)[0] if leaf.numel() > 0]
+    if not leaves or columns == 0:
+        return None
+    peaks = []
+    for leaf in leaves:
+        low, high = torch.aminmax(leaf.detach().reshape(columns, -1), dim=1)
+        peaks.append(torch.maximum(-low, high).to(leaves[0].dtype))
+    return torch.stack(peaks).amax(0)
+
+
+def _renormalise(
+    tangent: State, peak: torch.Tensor, exponents: torch.Tensor
+) -> tuple[State, torch.Tensor]:
+    """Rescale the tangent columns whose largest entry left ``[2^{-m/4}, 2^{m/4}]``.
+
+    A column above the range is divided by ``2^s`` (``s`` the binary exponent of its
+    largest entry, so that it ends in ``[1/2, 1)``) and its exponent grows by ``s``; a
+    column below the range with a positive exponent is multiplied back up, never past
+    exponent 0. ``m`` is the dtype's largest binary exponent (128 in float32); shifts are
+    limited to ``m - 2`` so that every factor is a normal power of two. Runs without a
+    host sync (all decisions are tensor operations).
+    """
+    leaves, spec = tree_flatten(tangent)
+    top = min(math.frexp(torch.finfo(leaf.dtype).max)[1] for leaf in leaves)
+    _, binary = torch.frexp(peak)
+    binary = binary.to(exponents.dtype)
+    limit = top // 4
+    down = torch.where(binary > limit, binary, 0)
+    up = torch.where((binary < -limit) & (exponents > 0), torch.maximum(binary, -exponents), 0)
+    shift = (down + up).clamp(-(top - 2), top - 2)
+    scaled = [_times_power_of_two(leaf, -shift) for leaf in leaves]
+    return tree_unflatten(scaled, spec), exponents + shift
 
 
 def _dual_step(

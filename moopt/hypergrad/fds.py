@@ -14,7 +14,9 @@ Deviations from the official FDS code (github.com/polo5/FDS):
   differentiable hyperparameter works (SGD and Adam hyperparameters, loss weights...) and
   the result is the exact derivative of the computation that is run;
 * no clamping of Hessian-vector products, gradients or hypergradients (the reference clips
-  them for stability); NaN/inf stops the run with an error naming the step instead;
+  them for stability); tangents that grow exponentially are instead carried as a mantissa
+  times a power of two (exact), and NaN/inf in the run stops it with an error naming the
+  step;
 * windows need not divide the horizon (sizes then differ by at most one, see
   :class:`~moopt.hypergrad.schedule.Schedule`);
 * the reference recomputes ``H·Z`` one column at a time; here all N columns go through
@@ -49,6 +51,7 @@ def fds_hypergradients(
     check_every: int | None = None,
     compile: bool = False,
     progress: bool = False,
+    rescale_tangents: bool = True,
 ) -> HypergradResult:
     """Validation loss after T inner steps and its FDS hypergradients.
 
@@ -74,6 +77,10 @@ def fds_hypergradients(
         compile: run the inner steps after the first through ``torch.compile`` (see
             :func:`forward_unroll`): a one-off compilation, then much less overhead per step.
         progress: tqdm progress bar over the inner steps.
+        rescale_tangents: carry every tangent column as a mantissa times a power of two,
+            so that tangents growing exponentially (near the edge of stability) do not
+            overflow; exact (see :mod:`moopt.hypergrad.engine`). ``False``: plain
+            tangents, which stop the run with ``UnrollDiverged`` when they overflow.
 
     Returns:
         :class:`HypergradResult`: ``val_loss``, ``hypergrads`` (by schedule name, shaped
@@ -104,6 +111,7 @@ def fds_hypergradients(
             check_every=check_every,
             compile=compile,
             progress=progress,
+            rescale_tangents=rescale_tangents,
             on_error=problem.describe_error,
         )
     finally:

@@ -33,7 +33,15 @@ StepSizes = float | Mapping[str, float] | None
 class OuterOptimizer:
     """Base class: ``step(schedules, hypergrads, val_loss)`` updates every ``schedule.raw``
     in place (``val_loss``, the validation loss of the inner run that gave the
-    hypergradients, is ignored by the rules that use only the hypergradients)."""
+    hypergradients, is ignored by the rules that use only the hypergradients).
+
+    ``sign_only``: whether the rule reads only the signs of the hypergradients, so that
+    one whose magnitude overflowed its dtype to ±inf (see
+    :mod:`moopt.hypergrad.engine`, rescaled tangents) is still usable; rules that need
+    the values refuse ±inf with a ``ValueError``.
+    """
+
+    sign_only: bool = False
 
     def step(
         self,
@@ -61,7 +69,12 @@ class OuterOptimizer:
         raise NotImplementedError
 
 
-def _check_grads(schedules: Mapping[str, Schedule], hypergrads: Mapping[str, torch.Tensor]) -> None:
+def _check_grads(
+    schedules: Mapping[str, Schedule],
+    hypergrads: Mapping[str, torch.Tensor],
+    sign_only: bool = False,
+) -> None:
+    """Shapes must match; NaN is refused, and ±inf too unless the rule uses only signs."""
     for name, schedule in schedules.items():
         if name not in hypergrads:
             raise KeyError(f"no hypergradient for the schedule {name!r}")
@@ -70,8 +83,15 @@ def _check_grads(schedules: Mapping[str, Schedule], hypergrads: Mapping[str, tor
                 f"hypergradient of {name!r} has shape {tuple(hypergrads[name].shape)}; "
                 f"expected {tuple(schedule.raw.shape)}"
             )
-        if not bool(torch.isfinite(hypergrads[name]).all()):
-            raise ValueError(f"hypergradient of {name!r} is not finite")
+        grad = hypergrads[name]
+        if bool(torch.isnan(grad).any()):
+            raise ValueError(f"hypergradient of {name!r} is NaN")
+        if not sign_only and not bool(torch.isfinite(grad).all()):
+            raise ValueError(
+                f"hypergradient of {name!r} is infinite: its magnitude overflowed the dtype "
+                "(a run near the edge of stability; HypergradResult.log_abs_hypergrads holds "
+                "it). This rule needs its value: use SignStep, which needs only its sign"
+            )
 
 
 def _step_size_for(name: str, schedule: Schedule, sizes: StepSizes, fraction: float) -> float:
@@ -122,6 +142,8 @@ class SignStep(OuterOptimizer):
         decay: the factor applied on a sign flip (default 0.5: halving).
     """
 
+    sign_only = True
+
     def __init__(
         self,
         step_sizes: StepSizes = None,
@@ -163,7 +185,7 @@ class SignStep(OuterOptimizer):
         hypergrads: Mapping[str, torch.Tensor],
         val_loss: float | None = None,
     ) -> None:
-        _check_grads(schedules, hypergrads)
+        _check_grads(schedules, hypergrads, sign_only=True)
         for name, schedule in schedules.items():
             sign = torch.sign(hypergrads[name].detach()).to(schedule.raw)
             if name not in self.gamma:

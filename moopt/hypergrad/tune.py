@@ -19,6 +19,20 @@ size halved (a backtracking line search on the outer step). Going back to the be
 rather than the last one matters near the edge of stability, where the last finished
 run may itself sit next to the cliff. The diverged run counts as an outer step
 (it cost a run) and is recorded with a NaN validation loss.
+
+A run whose tangents grow exponentially no longer diverges (the engine rescales them,
+see :mod:`moopt.hypergrad.engine`): it finishes, and its validation loss counts (it may be
+the best run). But tangents that grow exponentially say that the run is chaotic (a
+positive finite-time Lyapunov exponent): its hypergradient reflects an exponentially
+sensitive trajectory, not the smooth trend of the validation loss. On the digits MLP such
+hypergradients reach e^100 and more, and their signs change when every learning rate
+moves by a relative 1e-4, while a stable run's keep their signs and magnitudes
+(``benchmarks/bench_fds_chaos.py``). So by default ``tune`` does not update from a run
+whose tangents grew past ``exp(max_log_tangent)`` (default ≈ e^88.7, float32's largest
+number: where float32 tangents used to overflow and the run to stop), nor from a ±inf
+hypergradient for a rule that needs values (:class:`AdamStep`,
+:class:`CuttingPlaneStep`): it records the run in ``History.rejected`` and steps back as
+after a divergence.
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ from moopt.hypergrad.schedule import Schedule
 
 Objective = Callable[[int], HypergradResult]
 
+#: log of float32's largest number: the default ``max_log_tangent`` of :func:`tune`.
+LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)
+
 
 @dataclass
 class History:
@@ -53,6 +70,14 @@ class History:
         window_of: ``{name: window index of every inner step}`` (to draw schedules).
         diverged: ``{outer step: message}`` for the steps whose unroll diverged (their
             validation loss and hypergradients are recorded as NaN).
+        rejected: ``{outer step: reason}`` for the finished runs that ``tune`` did not
+            update from (it stepped back instead): a chaotic run (exploding tangents) or a
+            ±inf hypergradient that the outer rule cannot use. Their validation losses
+            count (one may be the best run).
+        log_tangent_peaks: at each outer step, the log of the largest tangent entry of
+            the run (the maximum of ``HypergradResult.log_tangent_peaks``; NaN when the
+            result has none or the run diverged). On the digits MLP, chaotic runs reach
+            e^90-e^870 and stable ones e^1-e^8; runs in between occur, good and bad.
     """
 
     values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -61,6 +86,8 @@ class History:
     final_values: dict[str, torch.Tensor] = field(default_factory=dict)
     window_of: dict[str, torch.Tensor] = field(default_factory=dict)
     diverged: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    log_tangent_peaks: list[float] = field(default_factory=list)
 
     @property
     def outer_steps(self) -> int:
@@ -76,25 +103,29 @@ class History:
     def record(self, schedules: Mapping[str, Schedule], result: HypergradResult) -> None:
         """Append the values of ``schedules`` (before their update) and ``result``."""
         hypergrads = {name: result.hypergrads[name] for name in schedules}
-        self._append(schedules, hypergrads, float(result.val_loss))
+        peaks = result.log_tangent_peaks
+        peak = math.nan if peaks is None else max(float(peaks[n].max()) for n in schedules)
+        self._append(schedules, hypergrads, float(result.val_loss), peak)
 
     def record_diverged(self, schedules: Mapping[str, Schedule], error: Exception) -> None:
         """Append the values of ``schedules`` whose unroll diverged, with NaN results."""
         self.diverged[self.outer_steps] = str(error)
         nan = {name: torch.full_like(s.raw, math.nan) for name, s in schedules.items()}
-        self._append(schedules, nan, math.nan)
+        self._append(schedules, nan, math.nan, math.nan)
 
     def _append(
         self,
         schedules: Mapping[str, Schedule],
         hypergrads: Mapping[str, torch.Tensor],
         val_loss: float,
+        log_tangent_peak: float,
     ) -> None:
         for name, schedule in schedules.items():
             self.values.setdefault(name, []).append(schedule.values().cpu().clone())
             self.hypergrads.setdefault(name, []).append(hypergrads[name].cpu().clone())
             self.window_of[name] = schedule.window_of.clone()
         self.val_losses.append(val_loss)
+        self.log_tangent_peaks.append(log_tangent_peak)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers of tensors and floats (for ``torch.save``)."""
@@ -105,6 +136,8 @@ class History:
             "final_values": self.final_values,
             "window_of": self.window_of,
             "diverged": self.diverged,
+            "rejected": self.rejected,
+            "log_tangent_peaks": self.log_tangent_peaks,
         }
 
     @classmethod
@@ -117,6 +150,10 @@ class History:
             final_values=dict(state["final_values"]),
             window_of=dict(state["window_of"]),
             diverged={int(k): str(v) for k, v in state.get("diverged", {}).items()},
+            rejected={int(k): str(v) for k, v in state.get("rejected", {}).items()},
+            log_tangent_peaks=list(
+                state.get("log_tangent_peaks", [math.nan] * len(state["val_losses"]))
+            ),
         )
 
     def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None):
@@ -177,6 +214,7 @@ def tune(
     progress: bool = True,
     callback: Callable[[int, HypergradResult, History], None] | None = None,
     on_diverge: str = "backtrack",
+    max_log_tangent: float | None = LOG_FLOAT32_MAX,
 ) -> History:
     """Run ``outer_steps`` outer steps of hypergradient-based tuning.
 
@@ -203,6 +241,12 @@ def tune(
             ``"raise"``. A run
             that diverges at the very first values is always raised: there is nothing
             to go back to.
+        max_log_tangent: a run whose tangents grew past ``exp(this)`` in magnitude
+            (``HypergradResult.log_tangent_peaks``; for results without them, the
+            hypergradient) is taken as chaotic and not updated from (see the module
+            docstring). Default ``log`` of float32's largest number (≈ 88.7): where
+            float32 tangents used to overflow and the run to stop. ``None``: update from
+            every hypergradient the outer rule accepts.
 
     Returns:
         the :class:`History` of all outer steps (resumed ones included).
@@ -223,6 +267,10 @@ def tune(
         raise TypeError(f"outer must be an OuterOptimizer; got {type(outer).__name__}")
     if on_diverge not in ("backtrack", "raise"):
         raise ValueError(f"on_diverge must be 'backtrack' or 'raise'; got {on_diverge!r}")
+    if max_log_tangent is not None and (
+        isinstance(max_log_tangent, bool) or not isinstance(max_log_tangent, (int, float))
+    ):
+        raise TypeError(f"max_log_tangent must be a number or None; got {max_log_tangent!r}")
     outer.validate(schedules)
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
@@ -259,9 +307,20 @@ def tune(
                         f"objective must return a HypergradResult; got {type(result).__name__}"
                     )
                 history.record(schedules, result)
-                if best_good is None or float(result.val_loss) < best_good["val_loss"]:
-                    best_good = _snapshot(schedules, outer, result)
-                outer.step(schedules, result.hypergrads, val_loss=float(result.val_loss))
+                reason = _rejection(result, schedules, outer, max_log_tangent)
+                val_loss = float(result.val_loss)
+                if reason is None:
+                    if best_good is None or val_loss < best_good["val_loss"]:
+                        best_good = _snapshot(schedules, outer, result)
+                    outer.step(schedules, result.hypergrads, val_loss=val_loss)
+                elif best_good is None:
+                    raise ValueError(
+                        f"cannot update from the first run ({reason}) and there is no earlier "
+                        "run to step back to: start from smaller values"
+                    )
+                else:
+                    history.rejected[k] = reason
+                    _step_back(schedules, outer, best_good)
             history.final_values = {n: s.values().cpu().clone() for n, s in schedules.items()}
             if path is not None:
                 _save(
@@ -284,6 +343,30 @@ def tune(
         if bar is not None:
             bar.close()
     return history
+
+
+def _rejection(
+    result: HypergradResult,
+    schedules: Mapping[str, Schedule],
+    outer: OuterOptimizer,
+    max_log_tangent: float | None,
+) -> str | None:
+    """Why ``tune`` should not update from ``result`` (``None``: it may)."""
+    grads = [result.hypergrads[name].detach() for name in schedules]
+    if not outer.sign_only and not all(bool(torch.isfinite(g).all()) for g in grads):
+        return f"hypergradient ±inf, which {type(outer).__name__} cannot use"
+    if max_log_tangent is None:
+        return None
+    logs, what = result.log_tangent_peaks, "tangents"
+    if logs is None:  # not a forward-mode result: judge by the hypergradient instead
+        logs = result.log_abs_hypergrads
+        what = "hypergradient"
+    if logs is None:
+        logs = {name: g.double().abs().log() for name, g in zip(schedules, grads)}
+    largest = max(float(logs[name].max()) for name in schedules)
+    if largest > max_log_tangent:
+        return f"chaotic run: {what} grew to e^{largest:.1f} (> e^{max_log_tangent:.1f})"
+    return None
 
 
 def _snapshot(
