@@ -11,6 +11,19 @@ from torch import nn
 from moopt import GradientCombiner, GramianWeighting
 
 
+class NanGradient(torch.autograd.Function):
+    """Identity whose gradient is NaN wherever the incoming gradient is non-zero (a task
+    whose backward breaks, without touching the tasks that do not use it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.masked_fill(grad != 0, float("nan"))
+
+
 class MeanOfGradients(GradientCombiner):
     """``d = mean_k g_k``: linear, so it must equal the gradient of ``mean_k L_k``."""
 

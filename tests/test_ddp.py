@@ -118,6 +118,18 @@ def explicit_group(x, y):
     return flat_grads(net)
 
 
+def watched(x, y) -> tuple[torch.Tensor, list[bool]]:
+    """A Gramian weighting that watches the net's linear layers: under a process group it
+    takes the Jacobian route (the Gramian of rank-averaged gradients is not the sum of the
+    ranks' Gramians), in one process the activation route; the update is the same. Also
+    returns whether the activation route was skipped and whether the records were consumed."""
+    net = fresh_net()
+    combiner = NormalisedSum()
+    handle = combiner.watch(net)
+    combiner.backward(task_losses(net(x)[0], y))
+    return flat_grads(net), [combiner.watch_report is None, handle.records == ()]
+
+
 SCENARIOS = {
     "param-project-conflicting": param_mode(ProjectConflicting),
     "param-normalised-sum": param_mode(NormalisedSum),
@@ -128,6 +140,7 @@ SCENARIOS = {
     "gradnorm": gradnorm_steps,
     "explicit-process-group": explicit_group,
     "unused-tensor-keeps-no-grad": unused_tensor,
+    "param-watched-gramian-weighting": lambda x, y: watched(x, y)[0],
 }
 
 
@@ -150,6 +163,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         results = {name: run(x[shard], y[shard]) for name, run in SCENARIOS.items()}
         uneven = slice(0, 5) if rank == 0 else slice(5, BATCH)
         results["uneven-features"] = uneven_features(x[uneven], y[uneven])
+        results["watch-flags"] = watched(x[shard], y[shard])[1]
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -181,6 +195,13 @@ def test_unused_tensor_has_no_grad_on_any_rank(rank_results):
     flags = rank_results[0]["unused-tensor-keeps-no-grad"]
     n_net = sum(p.numel() for p in fresh_net().parameters())
     assert flags[n_net] == 1 and flags[2 * n_net + 1] == 1 and flags[3 * n_net + 2] == 1
+
+
+@pytest.mark.slow
+def test_watched_combiner_takes_the_jacobian_route_under_a_group(rank_results):
+    for results in rank_results:
+        assert results["watch-flags"] == [True, True]  # J route; records consumed
+    assert watched(*global_batch())[1] == [False, True]  # one process: activation route
 
 
 @pytest.mark.slow

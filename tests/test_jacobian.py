@@ -7,6 +7,7 @@ import torch
 from engine_aggregators import (
     MeanOfGradients,
     MultiTaskNet,
+    NanGradient,
     NormalisedSum,
     ProjectConflicting,
     reference_jacobian,
@@ -298,19 +299,6 @@ def test_no_loss_depends_on_params_is_an_error():
     _, losses = make_problem()
     with pytest.raises(ValueError, match="no loss depends on params"):
         MeanOfGradients().backward(losses()[0], params=[torch.zeros(2, requires_grad=True)])
-
-
-class NanGradient(torch.autograd.Function):
-    """Identity whose gradient is NaN wherever the incoming gradient is non-zero (a task
-    whose backward breaks, without touching the tasks that do not use it)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.masked_fill(grad != 0, float("nan"))
 
 
 def test_nan_gradient_names_the_task():

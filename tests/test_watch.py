@@ -16,6 +16,7 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_aggregators import NanGradient
 from torch import nn
 
 import moopt
@@ -384,18 +385,6 @@ def test_engine_is_asked_for_output_gradients_not_weight_gradients(monkeypatch):
     combiner.backward([out[:, 0].mean(), out[:, 1].pow(2).mean()])
     assert widths == [4 * 64 + 4 * 2]  # output gradients only, against D = 4290
     assert sum(p.numel() for p in model.parameters()) == 4290
-
-
-class NanGradient(torch.autograd.Function):
-    """The identity, whose backward turns every non-zero gradient into NaN."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.masked_fill(grad != 0, float("nan"))
 
 
 def test_nan_task_gradient_is_named():
