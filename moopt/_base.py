@@ -81,7 +81,10 @@ def _check_grad_tensors(items: Sequence[object], name: str, hint: str) -> None:
 def as_param_list(
     params: ParamsLike, losses: torch.Tensor, name: str = "params"
 ) -> list[torch.Tensor]:
-    """Resolve ``params`` (``None`` means every leaf the losses depend on) and check them."""
+    """Resolve ``params`` (``None`` means every leaf the losses depend on) and check them.
+
+    A tensor listed twice is kept once (in its first place), as ``Tensor.backward(inputs=)``
+    does: its update is added to ``.grad`` once and its gradient counted once in ``J``."""
     if params is None:
         resolved = leaf_tensors([losses])
     elif isinstance(params, torch.Tensor):
@@ -97,7 +100,7 @@ def as_param_list(
     _check_grad_tensors(resolved, name, "pass only trainable parameters")
     if not losses.requires_grad:
         raise ValueError("losses do not require grad: they carry no graph to differentiate")
-    return resolved
+    return list({id(p): p for p in resolved}.values())  # each once, as backward(inputs=)
 
 
 class Combiner(nn.Module, abc.ABC):

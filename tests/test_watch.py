@@ -236,6 +236,24 @@ class Twice(nn.Module):
 
 
 @pytest.mark.parametrize("method", SOME)
+def test_parameters_listed_twice_count_once(method):
+    """``params`` naming a tensor twice means the same as naming it once (as
+    ``Tensor.backward(inputs=)``), on both routes: the Jacobian route used to count the
+    tensor twice in the Gramian and add its update to ``.grad`` twice."""
+    model, x, targets = make(Net, (5, 6))
+
+    def step(m):
+        return mse_losses(m(x), targets)
+
+    once = run(method, model, step, False, params=lambda m: list(m.parameters()))[0]
+    for watch in (False, True):
+        twice, *_ = run(
+            method, model, step, watch, params=lambda m: [*m.parameters(), m.first.weight]
+        )
+        assert_same_grads(once, twice)
+
+
+@pytest.mark.parametrize("method", SOME)
 def test_layer_called_twice_and_weight_shared_by_two_linear_modules(method):
     model, x, targets = make(Twice, (7, 5), n_tasks=2)
     combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(x), targets))
