@@ -426,7 +426,9 @@ class IMTLG(_Gramian):
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         direction = torch.linalg.pinv(gramian, hermitian=True) @ norms
         total = direction.sum()
-        if float(total.detach().abs()) < 1e-12 * max(float(norms.detach().max()), 1e-300):
+        # Relative to Σ_k |(G⁺n)_k|: G⁺n scales as ‖g‖⁻¹, so the test does not depend on
+        # the gradients' scale (nor is any K = 3 update dropped where K = 2 keeps it).
+        if float(total.detach().abs()) <= 1e-12 * float(direction.detach().abs().sum()):
             return torch.zeros_like(direction)
         return direction / total
 

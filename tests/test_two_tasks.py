@@ -315,6 +315,21 @@ def test_float32_closed_forms_agree_with_the_float32_general_path(method: str) -
     torch.testing.assert_close(closed, general[:2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-8, 1e4, 1e8])
+def test_imtlg_weights_do_not_depend_on_the_gradients_scale(scale: float) -> None:
+    # w(s² G) = w(G): the K = 3 pseudo-inverse path used to return zero weights (no update)
+    # once ‖g‖ exceeded about 1e6, where the K = 2 closed form did not.
+    jacobian = random_pair(4, 1.0, -1.0)
+    embedded = with_zero_task(jacobian)
+    three = torch.cat([embedded[:2], random_pair(5, 1.0, 0.5)[:1]])
+    for rows in (embedded, three):
+        unit = gs.IMTLG().weights(rows @ rows.T)
+        scaled = gs.IMTLG().weights((scale * rows) @ (scale * rows).T)
+        torch.testing.assert_close(scaled, unit, rtol=1e-8, atol=1e-12)
+    closed = gs.IMTLG().weights((scale * jacobian) @ (scale * jacobian).T)
+    torch.testing.assert_close(closed, gs.IMTLG().weights(embedded @ embedded.T)[:2])
+
+
 def test_full_rank_test_needs_a_clear_margin() -> None:
     assert _two_tasks.full_rank((1.0, 0.0, 0.0, 1.0), torch.float32)
     assert not _two_tasks.full_rank((1.0, 1.0, 1.0, 1.0), torch.float64)
