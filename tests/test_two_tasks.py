@@ -387,3 +387,26 @@ def test_closed_forms_carry_forward_mode_tangents(name: str) -> None:
     reverse = (torch.func.jacrev(weights)(root) * tangent).sum(dim=(1, 2))
     torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-12)
     assert float(forward.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_METHODS))
+@pytest.mark.parametrize("scale", [1e-30, 1e20])
+def test_float32_weights_with_derivatives_equal_those_without_at_extreme_scales(
+    name: str, scale: float
+) -> None:
+    # Products of float32 entries (a·d, a²) overflow at 1e20 and underflow at 1e-30; the
+    # closed forms compute in float64 with or without derivatives flowing through G.
+    jacobian = random_pair(7, 1.0, -1.0)
+    gramian = (scale * (jacobian @ jacobian.T)).float()
+
+    def weights(matrix: torch.Tensor) -> torch.Tensor:
+        combiner = FORWARD_METHODS[name]()
+        if name == "GradVac":
+            combiner.target = torch.tensor([[0.0, 0.4], [0.4, 0.0]], dtype=torch.float64)
+        return combiner.weights(matrix)
+
+    plain = weights(gramian)
+    reverse = weights(gramian.clone().requires_grad_(True))
+    _, tangent = torch.func.jvp(weights, (gramian,), (gramian,))
+    assert reverse.dtype == torch.float32 and torch.isfinite(tangent).all()
+    torch.testing.assert_close(reverse.detach(), plain, rtol=1e-6, atol=0.0)
