@@ -489,10 +489,13 @@ class GramianWeighting(GradientCombiner):
     whose update is ``w @ J_rest``: other layer types (convolutions, norms, embeddings),
     a weight that is also used elsewhere (an output layer tied to an embedding,
     ``F.linear(h, W.T)``), parametrised weights, subclasses of ``nn.Linear`` that
-    override ``forward``, calls whose output is changed in place afterwards
-    (``nn.ReLU(inplace=True)`` right after the layer) and calls under autocast (their
-    dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and records from
-    graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
+    override ``forward`` (or a ``forward`` set on the instance), a layer applied to its own
+    weight, calls made while a global forward hook is installed or whose layer has a
+    forward hook that runs before the watch's (added with ``prepend=True`` after
+    :meth:`watch`: it may return another output), calls whose output is changed in
+    place afterwards (``nn.ReLU(inplace=True)`` right after the layer) and calls under
+    autocast (their dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and
+    records from graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
     covered and what fell back. :meth:`backward` consumes the records (in every mode,
     also when it raises).
 
