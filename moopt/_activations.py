@@ -125,10 +125,13 @@ class LinearWatch:
     the combiner's ``backward`` keep their tensors alive until then).
 
     Not recorded: calls under ``torch.no_grad()``/inference mode or whose output does
-    not require grad, subclasses of ``nn.Linear`` that override ``forward``, calls
-    whose input, weight, bias and output do not share one dtype (autocast), and outputs
-    that are not ``F.linear``'s own (changed by a global forward hook, which runs before
-    the watch's hook).
+    not require grad, subclasses of ``nn.Linear`` that override ``forward`` and layers
+    whose ``forward`` is replaced on the instance (``layer.forward = ...``), calls whose
+    input, weight, bias and output do not share one dtype (autocast), a layer applied to
+    its own weight or bias, and every call while a global forward hook
+    (``register_module_forward_hook``) is installed or after a forward hook added to the
+    layer with ``prepend=True`` after ``watch`` (those run before the watch's hook and may
+    return an output that is not ``F.linear``'s).
     """
 
     def __init__(self, module: nn.Module, owner: list[LinearWatch]) -> None:
@@ -183,13 +186,17 @@ class LinearWatch:
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
-    def _record(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        if not torch.is_grad_enabled() or type(layer).forward is not nn.Linear.forward:
+    def _record(
+        self, layer: nn.Module, args: tuple, kwargs: dict, output: object, hook: _Recorder
+    ) -> None:
+        if not torch.is_grad_enabled() or not _plain_linear_call(layer, hook):
             return
         x = args[0] if args else kwargs.get("input")
         if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
             return
         weight, bias = layer.weight, layer.bias
+        if x is weight or x is bias:  # the parameter's gradient has an input term too
+            return
         dtypes = {x.dtype, output.dtype, weight.dtype, weight.dtype if bias is None else bias.dtype}
         if (
             output.grad_fn is None
@@ -226,13 +233,32 @@ class _Recorder:
     def __call__(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         watch = None if self.watch is None else self.watch()
         if watch is not None:
-            watch._record(layer, args, kwargs, output)
+            watch._record(layer, args, kwargs, output, self)
 
     def __deepcopy__(self, memo: dict) -> _Recorder:
         return _Recorder(None)
 
     def __reduce__(self) -> tuple:
         return _Recorder, (None,)
+
+
+def _plain_linear_call(layer: nn.Module, hook: _Recorder) -> bool:
+    """Whether ``layer``'s call ran ``nn.Linear.forward`` itself (no subclass or instance
+    attribute overrides ``forward``) on the arguments the hook sees, and ``output`` is that
+    forward's own result: no forward hook other than the watches' recorders (which return
+    nothing) ran before ``hook``. A global forward hook or a layer hook registered with
+    ``prepend=True`` after ``watch`` may return a different output (``output + output``,
+    ``output @ M``), whose gradient is not ``F.linear``'s, so such a call is not recorded."""
+    if type(layer).forward is not nn.Linear.forward or "forward" in vars(layer):
+        return False
+    if nn.modules.module._global_forward_hooks:
+        return False
+    for other in layer._forward_hooks.values():
+        if other is hook:
+            return True
+        if not isinstance(other, _Recorder):
+            return False
+    return False
 
 
 def recorded_calls(watches: Iterable[LinearWatch]) -> list[LinearCall]:

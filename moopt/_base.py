@@ -81,7 +81,10 @@ def _check_grad_tensors(items: Sequence[object], name: str, hint: str) -> None:
 def as_param_list(
     params: ParamsLike, losses: torch.Tensor, name: str = "params"
 ) -> list[torch.Tensor]:
-    """Resolve ``params`` (``None`` means every leaf the losses depend on) and check them."""
+    """Resolve ``params`` (``None`` means every leaf the losses depend on) and check them.
+
+    A tensor listed twice is kept once (in its first place), as ``Tensor.backward(inputs=)``
+    does: its update is added to ``.grad`` once and its gradient counted once in ``J``."""
     if params is None:
         resolved = leaf_tensors([losses])
     elif isinstance(params, torch.Tensor):
@@ -97,7 +100,7 @@ def as_param_list(
     _check_grad_tensors(resolved, name, "pass only trainable parameters")
     if not losses.requires_grad:
         raise ValueError("losses do not require grad: they carry no graph to differentiate")
-    return resolved
+    return list({id(p): p for p in resolved}.values())  # each once, as backward(inputs=)
 
 
 class Combiner(nn.Module, abc.ABC):
@@ -486,10 +489,13 @@ class GramianWeighting(GradientCombiner):
     whose update is ``w @ J_rest``: other layer types (convolutions, norms, embeddings),
     a weight that is also used elsewhere (an output layer tied to an embedding,
     ``F.linear(h, W.T)``), parametrised weights, subclasses of ``nn.Linear`` that
-    override ``forward``, calls whose output is changed in place afterwards
-    (``nn.ReLU(inplace=True)`` right after the layer) and calls under autocast (their
-    dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and records from
-    graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
+    override ``forward`` (or a ``forward`` set on the instance), a layer applied to its own
+    weight, calls made while a global forward hook is installed or whose layer has a
+    forward hook that runs before the watch's (added with ``prepend=True`` after
+    :meth:`watch`: it may return another output), calls whose output is changed in
+    place afterwards (``nn.ReLU(inplace=True)`` right after the layer) and calls under
+    autocast (their dtypes differ). Calls under ``torch.no_grad()`` are not recorded, and
+    records from graphs the losses do not reach are ignored; :attr:`watch_report` lists what was
     covered and what fell back. :meth:`backward` consumes the records (in every mode,
     also when it raises).
 

@@ -41,12 +41,14 @@ def tracked(tensor: torch.Tensor) -> bool:
 
 def pair_entries(gramian: torch.Tensor) -> tuple[tuple[float, ...], Sequence[Scalar]]:
     """The entries ``(a, b, c, d)`` of a 2×2 ``gramian`` as Python floats (one copy to the
-    host, for the branches), and the values to compute with: the same floats, or 0-d tensors
-    of ``gramian`` when derivatives flow through it (:func:`tracked`)."""
+    host, for the branches), and the values to compute with: the same floats, or 0-d float64
+    tensors of ``gramian`` when derivatives flow through it (:func:`tracked`), so that both
+    compute in float64 (``a·d`` of a float32 ``G`` with entries of 1e20 or 1e-30 would
+    overflow or underflow in float32)."""
     (a, b), (c, d) = gramian.detach().tolist()
     floats = (a, b, c, d)
-    if tracked(gramian):
-        return floats, gramian.reshape(4).unbind()
+    if tracked(gramian):  # in float64 like the floats: products of float32 entries overflow
+        return floats, gramian.to(torch.float64).reshape(4).unbind()
     return floats, floats
 
 

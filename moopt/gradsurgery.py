@@ -392,7 +392,10 @@ class NashMTL(_Gramian):
             if bool((norms <= 0).any()):
                 zero = (norms <= 0).nonzero().flatten().tolist()
                 raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
-            normalized = gramian / torch.linalg.matrix_norm(gramian)
+            # Divided by its largest entry first: ‖G‖_F of a float32 G overflows for
+            # entries near 1e19 and underflows near 1e-23; Ĝ (and its derivative) is unchanged.
+            scaled = gramian / gramian.detach().abs().amax()
+            normalized = scaled / torch.linalg.matrix_norm(scaled)
             weights = _solvers.power_root(normalized, alpha=1.0)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
@@ -426,7 +429,9 @@ class IMTLG(_Gramian):
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         direction = torch.linalg.pinv(gramian, hermitian=True) @ norms
         total = direction.sum()
-        if float(total.detach().abs()) < 1e-12 * max(float(norms.detach().max()), 1e-300):
+        # Relative to Σ_k |(G⁺n)_k|: G⁺n scales as ‖g‖⁻¹, so the test does not depend on
+        # the gradients' scale (nor is any K = 3 update dropped where K = 2 keeps it).
+        if float(total.detach().abs()) <= 1e-12 * float(direction.detach().abs().sum()):
             return torch.zeros_like(direction)
         return direction / total
 

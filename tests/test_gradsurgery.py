@@ -312,6 +312,17 @@ def test_fairgrad_and_nash_solve_their_equations(alpha: float, n_tasks: int) -> 
     torch.testing.assert_close(normalized @ nash, 1.0 / nash)
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_nash_float32_weights_do_not_depend_on_the_gradients_scale(scale: float) -> None:
+    # Ĝ = G/‖G‖_F does not depend on the scale; ‖G‖_F of a float32 G used to overflow
+    # (entries 1e24: "gradients are zero") or underflow (1e-24: no solution).
+    jacobian = make_jacobian(3, 12, 3, 1.0, 3, shared=-0.5)
+    gramian = (jacobian @ jacobian.T).float()
+    unit = gs.NashMTL(max_norm=0.0).weights(gramian)
+    scaled = gs.NashMTL(max_norm=0.0).weights(gramian * scale**2)
+    torch.testing.assert_close(scaled, unit, rtol=1e-4, atol=0.0)
+
+
 def test_nash_max_norm_bounds_the_update() -> None:
     jacobian = make_jacobian(3, 12, 3, 100.0, 2)
     update = gs.NashMTL(max_norm=0.5).aggregate(jacobian)

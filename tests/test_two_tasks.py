@@ -315,6 +315,21 @@ def test_float32_closed_forms_agree_with_the_float32_general_path(method: str) -
     torch.testing.assert_close(closed, general[:2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-8, 1e4, 1e8])
+def test_imtlg_weights_do_not_depend_on_the_gradients_scale(scale: float) -> None:
+    # w(s² G) = w(G): the K = 3 pseudo-inverse path used to return zero weights (no update)
+    # once ‖g‖ exceeded about 1e6, where the K = 2 closed form did not.
+    jacobian = random_pair(4, 1.0, -1.0)
+    embedded = with_zero_task(jacobian)
+    three = torch.cat([embedded[:2], random_pair(5, 1.0, 0.5)[:1]])
+    for rows in (embedded, three):
+        unit = gs.IMTLG().weights(rows @ rows.T)
+        scaled = gs.IMTLG().weights((scale * rows) @ (scale * rows).T)
+        torch.testing.assert_close(scaled, unit, rtol=1e-8, atol=1e-12)
+    closed = gs.IMTLG().weights((scale * jacobian) @ (scale * jacobian).T)
+    torch.testing.assert_close(closed, gs.IMTLG().weights(embedded @ embedded.T)[:2])
+
+
 def test_full_rank_test_needs_a_clear_margin() -> None:
     assert _two_tasks.full_rank((1.0, 0.0, 0.0, 1.0), torch.float32)
     assert not _two_tasks.full_rank((1.0, 1.0, 1.0, 1.0), torch.float64)
@@ -372,3 +387,26 @@ def test_closed_forms_carry_forward_mode_tangents(name: str) -> None:
     reverse = (torch.func.jacrev(weights)(root) * tangent).sum(dim=(1, 2))
     torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-12)
     assert float(forward.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_METHODS))
+@pytest.mark.parametrize("scale", [1e-30, 1e20])
+def test_float32_weights_with_derivatives_equal_those_without_at_extreme_scales(
+    name: str, scale: float
+) -> None:
+    # Products of float32 entries (a·d, a²) overflow at 1e20 and underflow at 1e-30; the
+    # closed forms compute in float64 with or without derivatives flowing through G.
+    jacobian = random_pair(7, 1.0, -1.0)
+    gramian = (scale * (jacobian @ jacobian.T)).float()
+
+    def weights(matrix: torch.Tensor) -> torch.Tensor:
+        combiner = FORWARD_METHODS[name]()
+        if name == "GradVac":
+            combiner.target = torch.tensor([[0.0, 0.4], [0.4, 0.0]], dtype=torch.float64)
+        return combiner.weights(matrix)
+
+    plain = weights(gramian)
+    reverse = weights(gramian.clone().requires_grad_(True))
+    _, tangent = torch.func.jvp(weights, (gramian,), (gramian,))
+    assert reverse.dtype == torch.float32 and torch.isfinite(tangent).all()
+    torch.testing.assert_close(reverse.detach(), plain, rtol=1e-6, atol=0.0)

@@ -236,6 +236,24 @@ class Twice(nn.Module):
 
 
 @pytest.mark.parametrize("method", SOME)
+def test_parameters_listed_twice_count_once(method):
+    """``params`` naming a tensor twice means the same as naming it once (as
+    ``Tensor.backward(inputs=)``), on both routes: the Jacobian route used to count the
+    tensor twice in the Gramian and add its update to ``.grad`` twice."""
+    model, x, targets = make(Net, (5, 6))
+
+    def step(m):
+        return mse_losses(m(x), targets)
+
+    once = run(method, model, step, False, params=lambda m: list(m.parameters()))[0]
+    for watch in (False, True):
+        twice, *_ = run(
+            method, model, step, watch, params=lambda m: [*m.parameters(), m.first.weight]
+        )
+        assert_same_grads(once, twice)
+
+
+@pytest.mark.parametrize("method", SOME)
 def test_layer_called_twice_and_weight_shared_by_two_linear_modules(method):
     model, x, targets = make(Twice, (7, 5), n_tasks=2)
     combiner, _, copy_ = compare(method, model, lambda m: mse_losses(m(x), targets))
@@ -509,29 +527,75 @@ def test_stacked_losses_and_a_trainable_input(method):
     assert rest == {"code"} and len(covered) == 4
 
 
-def test_output_changed_by_a_global_forward_hook_is_not_recorded():
-    """A global forward hook runs before the watch's: a square output it transposes has
-    the right shape but is not F.linear's, so the layer keeps its Jacobian rows."""
+SQUARE = torch.randn(6, 6, generator=seeded(1), dtype=torch.float64)
+CHANGES = {
+    "transposed": lambda output: output.t(),
+    "doubled": lambda output: output + output,
+    "rotated": lambda output: output @ SQUARE,
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_outputs_changed_by_hooks_that_run_before_the_watch_are_not_recorded(change):
+    """A global forward hook, or a layer hook added with ``prepend=True`` after ``watch``,
+    runs before the watch's hook and may return an output that is not ``F.linear``'s
+    (``output + output`` and ``output @ M`` keep its shape and its node kinds, and the
+    activation formula would silently be wrong): while one is installed nothing is
+    recorded, and a layer whose prepended hook ran first keeps its Jacobian rows."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)).double()
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+    model = model.double()
     x = torch.randn(6, 6, dtype=torch.float64)
+    first = []
 
-    def transpose_first(module, args, output):
-        return output.t() if module is model_in_use[0][0] else None
+    def change_first(module, args, output):
+        return CHANGES[change](output) if module is first[0] else None
 
-    model_in_use = [model]
-    hook = nn.modules.module.register_module_forward_hook(transpose_first)
+    def losses(out):
+        return [out[:, 0].pow(2).mean(), out[:, 1:].sin().mean()]
+
+    def step_global(m):
+        first[:] = [m[0]]
+        return losses(m(x))
+
+    hook = nn.modules.module.register_module_forward_hook(change_first)
     try:
-
-        def step(m):
-            model_in_use[0] = m
-            out = m(x)
-            return [out[:, 0].pow(2).mean(), out[:, 1:].sin().mean()]
-
-        combiner, _, copy_ = compare("MGDA", model, step)
+        combiner, handle, _ = compare("MGDA", model, step_global)
     finally:
         hook.remove()
-    assert covered_names(combiner, copy_) == ({"2.weight", "2.bias"}, {"0.weight", "0.bias"})
+    assert combiner.watch_report is None and handle.records == ()
+
+    def step_prepended(m):
+        first[:] = [m[2]]
+        m[2].register_forward_hook(change_first, prepend=True)
+        return losses(m(x))
+
+    combiner, _, copy_ = compare("MGDA", model, step_prepended)
+    covered, rest = covered_names(combiner, copy_)
+    assert covered == {"0.weight", "0.bias", "4.weight", "4.bias"}
+    assert rest == {"2.weight", "2.bias"}
+
+
+def test_instance_forward_override_and_a_layer_applied_to_its_own_weight():
+    """``layer.forward = ...`` on the instance may feed ``F.linear`` something other than
+    the argument the hook sees (here ``x + c``), and ``layer(layer.weight)`` gives the
+    weight a gradient through the input too: neither call is recorded."""
+    torch.manual_seed(0)
+    shift = torch.randn(6, dtype=torch.float64)
+    x = torch.randn(6, 6, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    model = model.double()
+
+    def step(m):
+        layer = m[2]
+        layer.forward = lambda h: F.linear(h + shift, layer.weight, layer.bias)
+        out = m(x) + m[4](m[0](m[0].weight)).mean(0)
+        return [out[:, 0].pow(2).mean(), out[:, 1].sin().mean()]
+
+    combiner, _, copy_ = compare("UPGrad", model, step)
+    covered, rest = covered_names(combiner, copy_)
+    assert covered == {"4.weight", "4.bias"}
+    assert rest == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
 def test_non_reentrant_activation_checkpointing():
