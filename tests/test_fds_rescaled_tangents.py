@@ -11,6 +11,7 @@ loss ``½ Σ (θ_i - 1)²`` (gradient -1 at θ = 0), the hypergradient of the wi
 """
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from moopt.hypergrad import (
     SignStep,
     UnrollDiverged,
     fds_hypergradients,
+    forward_unroll,
     reverse_hypergradients,
     tune,
 )
@@ -148,3 +150,31 @@ def test_tune_steps_back_when_adam_meets_an_infinite_hypergradient():
     assert calls == pytest.approx([0.2, 0.7, 0.45])
     assert history.best_step() == 1 and not history.diverged
     assert math.isinf(float(history.hypergrads["x"][1]))
+
+
+@pytest.mark.parametrize("val_scale", [-500, None])  # None: the validation loss ignores θ
+def test_a_finite_or_zero_hypergradient_of_a_column_past_float64_is_exact(val_scale):
+    """The tangent grows to ~2^1360 (its exponent ends past float64's 2^1023), while the
+    validation loss scales θ by 2^-500 (hypergradient ~2^860, finite) or ignores it
+    (hypergradient exactly 0): neither may turn into ±inf or NaN."""
+    steps = 170
+
+    def step(state, hypers, batch):  # θ stays 0; the tangent of α: z ← 256 z − 1
+        return {"theta": state["theta"] * 256.0 - hypers["alpha"]}
+
+    def val(state):
+        scale = 0.0 if val_scale is None else math.ldexp(1.0, val_scale)
+        return scale * state["theta"].sum()
+
+    result = forward_unroll(
+        step,
+        val,
+        {"theta": torch.zeros(1, dtype=torch.float64)},
+        {"alpha": Schedule(0.0, steps=steps, dtype=torch.float64)},
+        lambda t: None,
+    )
+    exact = -Fraction(256**steps - 1, 255) * (0 if val_scale is None else Fraction(2) ** val_scale)
+    grad = float(result.hypergrads["alpha"])
+    assert grad == pytest.approx(float(exact), rel=1e-12, abs=0)
+    if val_scale is None:
+        assert grad == 0 and float(result.log_abs_hypergrads["alpha"]) == -math.inf
