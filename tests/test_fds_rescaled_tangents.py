@@ -178,3 +178,9 @@ def test_a_finite_or_zero_hypergradient_of_a_column_past_float64_is_exact(val_sc
     assert grad == pytest.approx(float(exact), rel=1e-12, abs=0)
     if val_scale is None:
         assert grad == 0 and float(result.log_abs_hypergrads["alpha"]) == -math.inf
+
+
+@pytest.mark.parametrize("bad", ["no", None, 0, 1.0])
+def test_rescale_tangents_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="rescale_tangents must be a bool"):
+        _fds(torch.float64, 4, 1, rescale_tangents=bad)

@@ -390,6 +390,8 @@ def forward_unroll(
     """
     if tangents not in TANGENT_MODES:
         raise ValueError(f"tangents must be one of {list(TANGENT_MODES)}; got {tangents!r}")
+    if not isinstance(rescale_tangents, bool):
+        raise TypeError(f"rescale_tangents must be a bool; got {rescale_tangents!r}")
     space = HyperSpace(schedules, steps)
     horizon = space.steps
     leaves, _ = check_state(state)
