@@ -206,6 +206,9 @@ def test_max_log_tangent_bad_input_and_a_chaotic_first_run():
     objective, schedules = _chaotic_above(LIMIT, [])
     with pytest.raises(TypeError, match="max_log_tangent"):
         tune(objective, schedules, 2, progress=False, max_log_tangent="88")
+    for bad in (math.nan, 0.0, -5):  # NaN would silently accept every run
+        with pytest.raises(ValueError, match="max_log_tangent must be positive"):
+            tune(objective, schedules, 2, progress=False, max_log_tangent=bad)
     objective, schedules = _chaotic_above(-1.0, [])
     with pytest.raises(ValueError, match="first run.*chaotic"):
         tune(objective, schedules, 2, outer=SignStep(0.4), progress=False)
