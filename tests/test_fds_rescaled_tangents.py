@@ -184,3 +184,41 @@ def test_a_finite_or_zero_hypergradient_of_a_column_past_float64_is_exact(val_sc
 def test_rescale_tangents_must_be_a_bool(bad):
     with pytest.raises(TypeError, match="rescale_tangents must be a bool"):
         _fds(torch.float64, 4, 1, rescale_tangents=bad)
+
+
+def test_a_column_rescaled_down_then_back_up_stays_exact():
+    """θ stays 0 while the tangent of α obeys z ← c_t z − 1 in α's window: c = 4 in the
+    first 350 steps (window 0 grows to ~2^700, past the float64 threshold 2^256, and is
+    rescaled down), then c = 1/16 (window 0, no longer seeded, decays by 2^-1400 to
+    ~2^-700: without scaling back up, its mantissa, below 2^-1100, would underflow)."""
+    half = 350
+    steps = 2 * half
+    factors = [4.0] * half + [1 / 16] * half
+
+    def step(state, hypers, batch):
+        return {"theta": state["theta"] * batch - hypers["alpha"]}
+
+    schedules = {"alpha": Schedule(0.0, steps=steps, windows=2, dtype=torch.float64)}
+    results = [
+        forward_unroll(
+            step,
+            lambda state: state["theta"].sum(),
+            {"theta": torch.zeros(1, dtype=torch.float64)},
+            schedules,
+            factors,
+            rescale_tangents=rescale,
+        )
+        for rescale in (True, False)
+    ]
+    exact = [Fraction(0), Fraction(0)]
+    for t in range(steps):
+        later = math.prod(Fraction(c) for c in factors[t + 1 :])
+        exact[0 if t < half else 1] -= later
+    expected = torch.tensor([float(e) for e in exact], dtype=torch.float64)
+    assert 2.0**-1000 < float(-expected[0]) < 2.0**-690  # tiny but normal in float64
+    for result in results:
+        torch.testing.assert_close(result.hypergrads["alpha"], expected, rtol=1e-12, atol=0)
+    assert torch.equal(results[0].hypergrads["alpha"], results[1].hypergrads["alpha"])
+    torch.testing.assert_close(
+        results[0].log_tangent_peaks["alpha"], results[1].log_tangent_peaks["alpha"]
+    )
