@@ -222,3 +222,16 @@ def test_a_column_rescaled_down_then_back_up_stays_exact():
     torch.testing.assert_close(
         results[0].log_tangent_peaks["alpha"], results[1].log_tangent_peaks["alpha"]
     )
+
+
+def test_adam_step_moves_on_a_finite_hypergradient_whose_square_overflows_float32():
+    """A float32 run can give a finite hypergradient of 1e20..3e38 (rescaled tangents):
+    its square overflows float32. Adam's first step is lr·sign(g) whatever |g|, and the
+    second moment must not stay inf (it would freeze the value for good)."""
+    schedule = Schedule(0.5, steps=4, bounds=(0.0, 1.0))
+    assert schedule.raw.dtype == torch.float32
+    outer = AdamStep(lr=0.1)
+    outer.step({"x": schedule}, {"x": torch.tensor([1e30])})
+    assert float(schedule.values()) == pytest.approx(0.4)
+    outer.step({"x": schedule}, {"x": torch.tensor([1.0])})
+    assert float(schedule.values()) < 0.4 - 0.05  # m still points the same way
