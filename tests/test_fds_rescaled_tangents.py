@@ -11,6 +11,7 @@ loss ``½ Σ (θ_i - 1)²`` (gradient -1 at θ = 0), the hypergradient of the wi
 """
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from moopt.hypergrad import (
     SignStep,
     UnrollDiverged,
     fds_hypergradients,
+    forward_unroll,
     reverse_hypergradients,
     tune,
 )
@@ -148,3 +150,88 @@ def test_tune_steps_back_when_adam_meets_an_infinite_hypergradient():
     assert calls == pytest.approx([0.2, 0.7, 0.45])
     assert history.best_step() == 1 and not history.diverged
     assert math.isinf(float(history.hypergrads["x"][1]))
+
+
+@pytest.mark.parametrize("val_scale", [-500, None])  # None: the validation loss ignores θ
+def test_a_finite_or_zero_hypergradient_of_a_column_past_float64_is_exact(val_scale):
+    """The tangent grows to ~2^1360 (its exponent ends past float64's 2^1023), while the
+    validation loss scales θ by 2^-500 (hypergradient ~2^860, finite) or ignores it
+    (hypergradient exactly 0): neither may turn into ±inf or NaN."""
+    steps = 170
+
+    def step(state, hypers, batch):  # θ stays 0; the tangent of α: z ← 256 z − 1
+        return {"theta": state["theta"] * 256.0 - hypers["alpha"]}
+
+    def val(state):
+        scale = 0.0 if val_scale is None else math.ldexp(1.0, val_scale)
+        return scale * state["theta"].sum()
+
+    result = forward_unroll(
+        step,
+        val,
+        {"theta": torch.zeros(1, dtype=torch.float64)},
+        {"alpha": Schedule(0.0, steps=steps, dtype=torch.float64)},
+        lambda t: None,
+    )
+    exact = -Fraction(256**steps - 1, 255) * (0 if val_scale is None else Fraction(2) ** val_scale)
+    grad = float(result.hypergrads["alpha"])
+    assert grad == pytest.approx(float(exact), rel=1e-12, abs=0)
+    if val_scale is None:
+        assert grad == 0 and float(result.log_abs_hypergrads["alpha"]) == -math.inf
+
+
+@pytest.mark.parametrize("bad", ["no", None, 0, 1.0])
+def test_rescale_tangents_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="rescale_tangents must be a bool"):
+        _fds(torch.float64, 4, 1, rescale_tangents=bad)
+
+
+def test_a_column_rescaled_down_then_back_up_stays_exact():
+    """θ stays 0 while the tangent of α obeys z ← c_t z − 1 in α's window: c = 4 in the
+    first 350 steps (window 0 grows to ~2^700, past the float64 threshold 2^256, and is
+    rescaled down), then c = 1/16 (window 0, no longer seeded, decays by 2^-1400 to
+    ~2^-700: without scaling back up, its mantissa, below 2^-1100, would underflow)."""
+    half = 350
+    steps = 2 * half
+    factors = [4.0] * half + [1 / 16] * half
+
+    def step(state, hypers, batch):
+        return {"theta": state["theta"] * batch - hypers["alpha"]}
+
+    schedules = {"alpha": Schedule(0.0, steps=steps, windows=2, dtype=torch.float64)}
+    results = [
+        forward_unroll(
+            step,
+            lambda state: state["theta"].sum(),
+            {"theta": torch.zeros(1, dtype=torch.float64)},
+            schedules,
+            factors,
+            rescale_tangents=rescale,
+        )
+        for rescale in (True, False)
+    ]
+    exact = [Fraction(0), Fraction(0)]
+    for t in range(steps):
+        later = math.prod(Fraction(c) for c in factors[t + 1 :])
+        exact[0 if t < half else 1] -= later
+    expected = torch.tensor([float(e) for e in exact], dtype=torch.float64)
+    assert 2.0**-1000 < float(-expected[0]) < 2.0**-690  # tiny but normal in float64
+    for result in results:
+        torch.testing.assert_close(result.hypergrads["alpha"], expected, rtol=1e-12, atol=0)
+    assert torch.equal(results[0].hypergrads["alpha"], results[1].hypergrads["alpha"])
+    torch.testing.assert_close(
+        results[0].log_tangent_peaks["alpha"], results[1].log_tangent_peaks["alpha"]
+    )
+
+
+def test_adam_step_moves_on_a_finite_hypergradient_whose_square_overflows_float32():
+    """A float32 run can give a finite hypergradient of 1e20..3e38 (rescaled tangents):
+    its square overflows float32. Adam's first step is lr·sign(g) whatever |g|, and the
+    second moment must not stay inf (it would freeze the value for good)."""
+    schedule = Schedule(0.5, steps=4, bounds=(0.0, 1.0))
+    assert schedule.raw.dtype == torch.float32
+    outer = AdamStep(lr=0.1)
+    outer.step({"x": schedule}, {"x": torch.tensor([1e30])})
+    assert float(schedule.values()) == pytest.approx(0.4)
+    outer.step({"x": schedule}, {"x": torch.tensor([1.0])})
+    assert float(schedule.values()) < 0.4 - 0.05  # m still points the same way

@@ -206,6 +206,71 @@ def test_max_log_tangent_bad_input_and_a_chaotic_first_run():
     objective, schedules = _chaotic_above(LIMIT, [])
     with pytest.raises(TypeError, match="max_log_tangent"):
         tune(objective, schedules, 2, progress=False, max_log_tangent="88")
+    for bad in (math.nan, 0.0, -5):  # NaN would silently accept every run
+        with pytest.raises(ValueError, match="max_log_tangent must be positive"):
+            tune(objective, schedules, 2, progress=False, max_log_tangent=bad)
     objective, schedules = _chaotic_above(-1.0, [])
     with pytest.raises(ValueError, match="first run.*chaotic"):
         tune(objective, schedules, 2, outer=SignStep(0.4), progress=False)
+
+
+@pytest.mark.parametrize("stop", [1, 2])  # interrupted right after a rejected run, or later
+def test_a_resume_after_rejected_chaotic_runs_continues_exactly(tmp_path, stop):
+    class Stop(Exception):
+        pass
+
+    def stop_at(k, result, history):
+        if k == stop:
+            raise Stop
+
+    objective, schedules = _chaotic_above(LIMIT, [])
+    full = tune(objective, schedules, 6, outer=SignStep(fraction=0.4), progress=False)
+    path = tmp_path / "run.pt"
+    objective, schedules = _chaotic_above(LIMIT, [])
+    with pytest.raises(Stop):
+        tune(
+            objective,
+            schedules,
+            6,
+            outer=SignStep(fraction=0.4),
+            checkpoint=path,
+            progress=False,
+            callback=stop_at,
+        )
+    objective, schedules = _chaotic_above(LIMIT, [])
+    resumed = tune(
+        objective, schedules, 6, outer=SignStep(fraction=0.4), checkpoint=path, progress=False
+    )
+    assert full.rejected and resumed.rejected == full.rejected
+    assert resumed.log_tangent_peaks == full.log_tangent_peaks
+    assert resumed.val_losses == full.val_losses
+    assert [float(v) for v in resumed.values["x"]] == [float(v) for v in full.values["x"]]
+    assert torch.equal(resumed.final_values["x"], full.final_values["x"])
+
+
+def test_a_checkpoint_without_rejected_and_tangent_peaks_still_resumes(tmp_path):
+    """Checkpoints written before History had ``rejected`` and ``log_tangent_peaks``."""
+
+    def stop_at(k, result, history):
+        if k == 1:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "run.pt"
+    objective, schedules = _chaotic_above(LIMIT, [])
+    with pytest.raises(KeyboardInterrupt):
+        tune(
+            objective,
+            schedules,
+            4,
+            outer=SignStep(0.4),
+            checkpoint=path,
+            progress=False,
+            callback=stop_at,
+        )
+    saved = torch.load(path, weights_only=True)
+    del saved["history"]["rejected"], saved["history"]["log_tangent_peaks"]
+    torch.save(saved, path)
+    objective, schedules = _chaotic_above(LIMIT, [])
+    history = tune(objective, schedules, 4, outer=SignStep(0.4), checkpoint=path, progress=False)
+    assert history.log_tangent_peaks[:2] == [pytest.approx(math.nan, nan_ok=True)] * 2
+    assert history.log_tangent_peaks[2:] == [1.0, 200.0] and list(history.rejected) == [3]

@@ -390,6 +390,8 @@ def forward_unroll(
     """
     if tangents not in TANGENT_MODES:
         raise ValueError(f"tangents must be one of {list(TANGENT_MODES)}; got {tangents!r}")
+    if not isinstance(rescale_tangents, bool):
+        raise TypeError(f"rescale_tangents must be a bool; got {rescale_tangents!r}")
     space = HyperSpace(schedules, steps)
     horizon = space.steps
     leaves, _ = check_state(state)
@@ -508,7 +510,7 @@ def forward_unroll(
         )
     # hypergradient = mantissa · 2^e, in float64; ±inf (exact sign) if even that overflows.
     wide = mantissa.detach().double()
-    sorted_grad = torch.ldexp(wide, exponents.to(wide))
+    sorted_grad = _ldexp(wide, exponents)
     sorted_log_abs = wide.abs().log() + exponents.to(wide) * math.log(2.0)
     where = order.to(sorted_grad.device)
     flat_grad = torch.empty_like(sorted_grad)
@@ -528,6 +530,18 @@ def _times_power_of_two(rows: torch.Tensor, exponents: torch.Tensor) -> torch.Te
     """``rows[k] · 2^{exponents[k]}`` (exact: a power of two in the rows' dtype)."""
     factor = torch.ldexp(torch.ones_like(exponents, dtype=rows.dtype), exponents.to(rows.dtype))
     return rows * factor.view(-1, *([1] * (rows.dim() - 1)))
+
+
+def _ldexp(x: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``x · 2^exponents`` rounded once, as ``math.ldexp`` (±inf only when the product
+    overflows, 0 stays 0). ``torch.ldexp`` multiplies by ``2^exponents``, which is itself
+    inf past ``2^1023`` in float64 (a finite ``x·2^e`` would then come out ±inf, and 0 as
+    NaN): here ``x``'s own binary exponent is taken out first and the rest applied in
+    two halves, each a normal power of two."""
+    fraction, own = torch.frexp(x)
+    total = (own.to(exponents.dtype) + exponents).clamp(-1100, 1100)
+    half = torch.div(total, 2, rounding_mode="floor")
+    return fraction * torch.exp2(half.to(x.dtype)) * torch.exp2((total - half).to(x.dtype))
 
 
 def _column_peaks(tangent: State, columns: int) -> torch.Tensor | None:

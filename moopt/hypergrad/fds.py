@@ -90,6 +90,7 @@ def fds_hypergradients(
     Raises:
         ValueError: schedule length differs from the horizon, a BatchNorm in training
             mode, too few batches.
+        TypeError: ``rescale_tangents`` is not a bool.
         UnrollError: an inner step fails (the message names the step and the module) or
             produces NaN/inf.
     """

@@ -220,6 +220,11 @@ class AdamStep(OuterOptimizer):
 
         m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  λ ← λ − lr·(m/(1−β₁ᵏ)) / (√(v/(1−β₂ᵏ)) + ε)
 
+    The moments ``m`` and ``v`` are kept in float64 whatever the schedule's dtype
+    (deviation from ``torch.optim.Adam``, which keeps them in the parameter's dtype): a
+    float32 hypergradient past ~1.8e19, which rescaled tangents can give, would make
+    ``g²`` and then ``v`` inf in float32, a zero step, and ``v`` would stay inf.
+
     Args:
         lr: step size, one number or ``{name: number}`` (default for unlisted: 0.01).
         betas: ``(β₁, β₂)``.
@@ -264,7 +269,7 @@ class AdamStep(OuterOptimizer):
         self.count += 1
         beta1, beta2 = self.betas
         for name, schedule in schedules.items():
-            g = hypergrads[name].detach().to(schedule.raw)
+            g = hypergrads[name].detach().to(device=schedule.raw.device, dtype=torch.float64)
             m = self.m.get(name, torch.zeros_like(g)).to(g)
             v = self.v.get(name, torch.zeros_like(g)).to(g)
             m = beta1 * m + (1 - beta1) * g
@@ -272,7 +277,8 @@ class AdamStep(OuterOptimizer):
             self.m[name], self.v[name] = m, v
             m_hat = m / (1 - beta1**self.count)
             v_hat = v / (1 - beta2**self.count)
-            schedule.raw = schedule.raw - self._lr(name) * m_hat / (v_hat.sqrt() + self.eps)
+            update = self._lr(name) * m_hat / (v_hat.sqrt() + self.eps)
+            schedule.raw = schedule.raw - update.to(schedule.raw)
             schedule.project_()
 
     def state_dict(self) -> dict[str, object]:

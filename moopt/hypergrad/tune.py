@@ -245,8 +245,9 @@ def tune(
             (``HypergradResult.log_tangent_peaks``; for results without them, the
             hypergradient) is taken as chaotic and not updated from (see the module
             docstring). Default ``log`` of float32's largest number (≈ 88.7): where
-            float32 tangents used to overflow and the run to stop. ``None``: update from
-            every hypergradient the outer rule accepts.
+            float32 tangents used to overflow and the run to stop. ``None`` (or ``inf``):
+            update from every hypergradient the outer rule accepts. NaN and values
+            ``<= 0`` are refused (``ValueError``).
 
     Returns:
         the :class:`History` of all outer steps (resumed ones included).
@@ -271,6 +272,11 @@ def tune(
         isinstance(max_log_tangent, bool) or not isinstance(max_log_tangent, (int, float))
     ):
         raise TypeError(f"max_log_tangent must be a number or None; got {max_log_tangent!r}")
+    if max_log_tangent is not None and not max_log_tangent > 0:
+        raise ValueError(
+            "max_log_tangent must be positive (the log of a tangent magnitude, e.g. 88.7) "
+            f"or None; got {max_log_tangent!r}"
+        )
     outer.validate(schedules)
     path = None if checkpoint is None else Path(checkpoint)
     history = History()
