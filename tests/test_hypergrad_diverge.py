@@ -154,6 +154,25 @@ def test_a_real_unroll_that_blows_up_raises_unroll_diverged():
     assert caught.value.where in ("loss", "state", "tangents") and caught.value.step < 400
 
 
+def test_a_finite_run_with_a_non_finite_validation_loss_raises_unroll_diverged():
+    # The run stays finite, but the validation loss of its final state overflows: that is
+    # a property of these hyperparameter values too, so tune can step back from it.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+    x, y = torch.randn(16, 3, dtype=DT), torch.randn(16, 1, dtype=DT)
+
+    def train_loss(model_fn, batch, hypers):
+        return ((model_fn(x) - y) ** 2).mean()
+
+    def val_loss(model_fn):
+        return torch.exp(1e4 * model_fn(x).abs().mean())
+
+    lr = Schedule(0.01, steps=5, dtype=DT)
+    with pytest.raises(UnrollDiverged) as caught:
+        fds_hypergradients(model, train_loss, val_loss, SGD(lr=lr), lambda t: None)
+    assert (caught.value.where, caught.value.step) == ("validation", 5)
+
+
 def _chaotic_above(limit: float, calls: list[float], peak: float = 200.0):
     """Loss (1 − x)²; runs past ``limit`` finish but report tangents grown to e^peak."""
     schedule = Schedule(0.3, steps=4, bounds=(0.0, 1.0), dtype=DT)

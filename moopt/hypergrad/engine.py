@@ -83,18 +83,19 @@ class UnrollError(RuntimeError):
 
 class UnrollDiverged(UnrollError):
     """NaN/inf appeared during the unroll: in the training loss, in the state (the inner
-    run diverged) or only in the tangents (the run is finite but so sensitive to the
+    run diverged), only in the tangents (the run is finite but so sensitive to the
     hyperparameters that its derivatives overflow, as at the edge of stability; with the
     default ``rescale_tangents=True`` only if they overflow within the 8 steps between two
-    looks at their size, or turn NaN).
+    looks at their size, or turn NaN), or in the validation loss of the final state.
 
     Raised by the finiteness check of :func:`forward_unroll`. Unlike other failures it
     says that these hyperparameter values are too far, not that the code is wrong, so
     :func:`~moopt.hypergrad.tune` can step back from them.
 
     Attributes:
-        step: the first inner step with a non-finite value.
-        where: ``"loss"``, ``"state"`` or ``"tangents"``.
+        step: the first inner step with a non-finite value (the horizon T for
+            ``"validation"``).
+        where: ``"loss"``, ``"state"``, ``"tangents"`` or ``"validation"``.
     """
 
     def __init__(self, message: str, step: int, where: str) -> None:
@@ -504,9 +505,11 @@ def forward_unroll(
     tangent = _pad_columns(tangent, n)
     value, mantissa = vmap(directional, out_dims=(None, 0), randomness="same")(tangent)
     if check_finite and not bool(torch.isfinite(mantissa).all() and torch.isfinite(value)):
-        raise UnrollError(
+        raise UnrollDiverged(
             f"the validation loss ({float(value)}) or its hypergradient is not finite after "
-            f"{horizon} inner steps"
+            f"{horizon} inner steps",
+            step=horizon,
+            where="validation",
         )
     # hypergradient = mantissa · 2^e, in float64; ±inf (exact sign) if even that overflows.
     wide = mantissa.detach().double()
