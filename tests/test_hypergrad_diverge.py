@@ -106,33 +106,33 @@ def test_on_diverge_raise_and_a_first_run_that_diverges_raise():
         tune(objective, schedules, 3, progress=False, on_diverge="ignore")
 
 
-def test_backtracking_survives_a_resume(tmp_path):
-    class Stop(Exception):
-        pass
+class _Stop(Exception):
+    pass
+
+
+def _full_and_resumed(make, outer_steps: int, stop: int, path):
+    """``tune`` on ``make([])``'s problem run through, and run again stopped by an exception
+    after outer step ``stop`` and resumed from its checkpoint (a fresh problem each time)."""
 
     def stop_at(k, result, history):
-        if k == 2:
-            raise Stop
+        if k == stop:
+            raise _Stop
 
-    calls: list[float] = []
-    objective, schedules = _cliff(calls)
-    full = tune(objective, schedules, 7, outer=SignStep(fraction=0.4), progress=False)
-    path = tmp_path / "run.pt"
-    objective, schedules = _cliff([])
-    with pytest.raises(Stop):
-        tune(
-            objective,
-            schedules,
-            7,
-            outer=SignStep(fraction=0.4),
-            checkpoint=path,
-            progress=False,
-            callback=stop_at,
+    def run(**options):
+        objective, schedules = make([])
+        return tune(
+            objective, schedules, outer_steps, outer=SignStep(fraction=0.4), progress=False, **options
         )
-    objective, schedules = _cliff([])
-    resumed = tune(
-        objective, schedules, 7, outer=SignStep(fraction=0.4), checkpoint=path, progress=False
-    )
+
+    full = run()
+    with pytest.raises(_Stop):
+        run(checkpoint=path, callback=stop_at)
+    resumed = run(checkpoint=path)
+    return full, resumed
+
+
+def test_backtracking_survives_a_resume(tmp_path):
+    full, resumed = _full_and_resumed(_cliff, 7, 2, tmp_path / "run.pt")
     assert resumed.diverged.keys() == full.diverged.keys()
     assert [float(v) for v in resumed.values["x"]] == [float(v) for v in full.values["x"]]
 
@@ -235,31 +235,10 @@ def test_max_log_tangent_bad_input_and_a_chaotic_first_run():
 
 @pytest.mark.parametrize("stop", [1, 2])  # interrupted right after a rejected run, or later
 def test_a_resume_after_rejected_chaotic_runs_continues_exactly(tmp_path, stop):
-    class Stop(Exception):
-        pass
+    def make(calls):
+        return _chaotic_above(LIMIT, calls)
 
-    def stop_at(k, result, history):
-        if k == stop:
-            raise Stop
-
-    objective, schedules = _chaotic_above(LIMIT, [])
-    full = tune(objective, schedules, 6, outer=SignStep(fraction=0.4), progress=False)
-    path = tmp_path / "run.pt"
-    objective, schedules = _chaotic_above(LIMIT, [])
-    with pytest.raises(Stop):
-        tune(
-            objective,
-            schedules,
-            6,
-            outer=SignStep(fraction=0.4),
-            checkpoint=path,
-            progress=False,
-            callback=stop_at,
-        )
-    objective, schedules = _chaotic_above(LIMIT, [])
-    resumed = tune(
-        objective, schedules, 6, outer=SignStep(fraction=0.4), checkpoint=path, progress=False
-    )
+    full, resumed = _full_and_resumed(make, 6, stop, tmp_path / "run.pt")
     assert full.rejected and resumed.rejected == full.rejected
     assert resumed.log_tangent_peaks == full.log_tangent_peaks
     assert resumed.val_losses == full.val_losses
