@@ -120,9 +120,8 @@ def _full_and_resumed(make, outer_steps: int, stop: int, path):
 
     def run(**options):
         objective, schedules = make([])
-        return tune(
-            objective, schedules, outer_steps, outer=SignStep(fraction=0.4), progress=False, **options
-        )
+        outer = SignStep(fraction=0.4)
+        return tune(objective, schedules, outer_steps, outer=outer, progress=False, **options)
 
     full = run()
     with pytest.raises(_Stop):
