@@ -579,11 +579,7 @@ def trace(
             seed_list, n_obj, objective, n_points, chains_given, ideal_used, nadir_used, starts
         )
         if arc:
-            anchors_of = {seed: [] for seed in seed_list}
-            for record in records:
-                if record.config.method == ANCHOR:
-                    anchors_of[record.config.seed].append(record.losses)
-            phases.plan_by_arc_length(anchors_of)
+            phases.plan_by_arc_length([r for r in records if r.config.method == ANCHOR])
     first = phases.next_round() if phases is not None else None
     round_tasks = tasks + ([] if first is None else make_tasks(*first))
     while round_tasks:
@@ -672,13 +668,15 @@ class _EpsilonPhases:
         self.pilot_points: dict[int, list[tuple[float, ...]]] | None = None
         self.ideal, self.nadir = ideal, nadir
 
-    def plan_by_arc_length(self, anchor_losses: dict[int, list[tuple[float, ...]]]) -> None:
+    def plan_by_arc_length(self, anchors: Sequence[PointRecord]) -> None:
         """Place each seed's bounds evenly in arc length: run a pilot chain first.
 
-        ``anchor_losses``: each seed's anchor losses, the ends of the curve the bounds
-        are read from (two losses only; see ``moopt.frontier._spacing``).
+        ``anchors``: the anchor runs, whose losses are the ends of each seed's curve the
+        bounds are read from (two losses only; see ``moopt.frontier._spacing``).
         """
-        self.pilot_points = {seed: list(anchor_losses.get(seed, [])) for seed in self.seed_list}
+        self.pilot_points = {seed: [] for seed in self.seed_list}
+        for record in anchors:
+            self.pilot_points[record.config.seed].append(record.losses)
 
     def _pilot_round(self) -> tuple[list[list[PointConfig]], list[dict | None], tuple, bool]:
         j = self.constrained[0]
