@@ -72,12 +72,9 @@ def median_ms(
         start = time.process_time()
         f(*args)
         first.append(time.process_time() - start)
-    if reference is None:
-        first.append(math.nan)
-    if max(first) > budget:
-        return 1e3 * first[0], 1e3 * first[1], first[0] / first[1] if first[1] > 0 else math.nan
-    times: list[list[float]] = [[] for _ in functions]
-    for _ in range(repeats):
+    over_budget = max(first) > budget
+    times: list[list[float]] = [[t] for t in first] if over_budget else [[] for _ in first]
+    for _ in range(0 if over_budget else repeats):
         for f, record in zip(functions, times):
             start = time.process_time()
             f(*args)
@@ -85,8 +82,8 @@ def median_ms(
     medians = [1e3 * statistics.median(record) for record in times]
     if reference is None:
         return medians[0], 0.0, math.nan
-    paired = statistics.median(a / b for a, b in zip(*times) if b > 0)
-    return medians[0], medians[1], paired
+    paired = [a / b for a, b in zip(*times) if b > 0]
+    return medians[0], medians[1], statistics.median(paired) if paired else math.nan
 
 
 def gramian_floor(jacobian: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

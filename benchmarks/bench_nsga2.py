@@ -96,7 +96,7 @@ SWEEPS = [
     Sweep("arc", 20, 500, tuned=True),
     Sweep("arc", 40, 500, tuned=True),
 ]
-HEADLINE = Sweep("arc", 40, 500, tuned=True)
+HEADLINE = SWEEPS[-1]
 
 
 class CountedProblem:
@@ -242,10 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sweeps, generations = SWEEPS, [10, 25, 50, 100]
-    if args.quick:
-        sweeps, generations = [SWEEPS[0], HEADLINE], [50, 100]
     chosen = problems()
     if args.quick:
+        sweeps, generations = [SWEEPS[0], HEADLINE], [50, 100]
         chosen = {name: value for name, value in chosen.items() if name.startswith("ZDT1")}
     print(f"torch {torch.__version__}, 100 ε points / NSGA-II population 100, ref {REF_POINT}")
     header = (

@@ -40,6 +40,7 @@ the constrained digit take the whole bottleneck in the first steps."""
 
 def _parser() -> argparse.ArgumentParser:
     from moopt.frontier import METHODS
+    from moopt.frontier._spacing import SPACINGS
 
     parser = argparse.ArgumentParser(
         prog="moopt trace",
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--epsilon-spacing",
         default="even",
-        choices=("even", "arc"),
+        choices=SPACINGS,
         help="where the epsilon bounds go: evenly in the bound (default) or evenly along "
         "the front, read off a short pilot chain (two losses only)",
     )

@@ -49,6 +49,10 @@ def test_dominated_and_repeated_points_are_dropped_and_too_few_fall_back_to_even
     constrained = np.array([0.0, 0.8, 0.8, 0.9, 1.0])  # (0.9, 0.9) is dominated
     bounds = arc_length_epsilons(objective, constrained, (0.0, 0.0), (1.0, 1.0), 5)
     assert (np.diff(bounds) >= 0).all() and bounds[0] == 0.0 and bounds[-1] == 1.0
+    front_only = arc_length_epsilons(
+        np.array([1.0, 0.6, 0.0]), np.array([0.0, 0.8, 1.0]), (0.0, 0.0), (1.0, 1.0), 5
+    )
+    np.testing.assert_array_equal(bounds, front_only)  # as if the two were never given
     single = arc_length_epsilons(np.ones(3), np.zeros(3), (0.0, 0.0), (1.0, 1.0), 4)
     np.testing.assert_allclose(single, np.linspace(0.0, 1.0, 4))
 

@@ -579,11 +579,7 @@ def trace(
             seed_list, n_obj, objective, n_points, chains_given, ideal_used, nadir_used, starts
         )
         if arc:
-            anchors_of = {seed: [] for seed in seed_list}
-            for record in records:
-                if record.config.method == ANCHOR:
-                    anchors_of[record.config.seed].append(record.losses)
-            phases.plan_by_arc_length(anchors_of)
+            phases.plan_by_arc_length([r for r in records if r.config.method == ANCHOR])
     first = phases.next_round() if phases is not None else None
     round_tasks = tasks + ([] if first is None else make_tasks(*first))
     while round_tasks:
@@ -658,7 +654,8 @@ class _EpsilonPhases:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-            self.axes = [np.linspace(ideal[j], nadir[j], n_points) for j in c]
+            even = [np.linspace(ideal[j], nadir[j], n_points) for j in c]
+            self.axes = {seed: even for seed in seed_list}
         self.n_points = n_points
         self.phase = 0
         self.chain_count = 0
@@ -667,21 +664,19 @@ class _EpsilonPhases:
         }
         self.starts = starts
         self.index_of: dict[PointConfig, tuple[int, tuple[int, ...]]] = {}
-        self.seed_axes: dict[int, list[np.ndarray]] = {}
         self.pilots: set[PointConfig] = set()
         self.pilot_points: dict[int, list[tuple[float, ...]]] | None = None
         self.ideal, self.nadir = ideal, nadir
 
-    def plan_by_arc_length(self, anchor_losses: dict[int, list[tuple[float, ...]]]) -> None:
+    def plan_by_arc_length(self, anchors: Sequence[PointRecord]) -> None:
         """Place each seed's bounds evenly in arc length: run a pilot chain first.
 
-        ``anchor_losses``: each seed's anchor losses, the ends of the curve the bounds
-        are read from (two losses only; see ``moopt.frontier._spacing``).
+        ``anchors``: the anchor runs, whose losses are the ends of each seed's curve the
+        bounds are read from (two losses only; see ``moopt.frontier._spacing``).
         """
-        self.pilot_points = {seed: list(anchor_losses.get(seed, [])) for seed in self.seed_list}
-
-    def _axes(self, seed: int) -> list[np.ndarray]:
-        return self.seed_axes.get(seed, self.axes)
+        self.pilot_points = {seed: [] for seed in self.seed_list}
+        for record in anchors:
+            self.pilot_points[record.config.seed].append(record.losses)
 
     def _pilot_round(self) -> tuple[list[list[PointConfig]], list[dict | None], tuple, bool]:
         j = self.constrained[0]
@@ -696,10 +691,11 @@ class _EpsilonPhases:
         return chains, init_states, self.scales, False
 
     def _plan(self) -> None:
+        """Replace each seed's bounds by arc-length ones read off its pilot's points."""
         j, o = self.constrained[0], self.objective
         for seed, found in self.pilot_points.items():
             losses = np.array(found, dtype=float).reshape(-1, self.n_obj)
-            self.seed_axes[seed] = [
+            self.axes[seed] = [
                 arc_length_epsilons(
                     losses[:, o],
                     losses[:, j],
@@ -738,10 +734,11 @@ class _EpsilonPhases:
                     self.chain_count += 1
             self.phase = 1
             return chains, init_states, self.scales, False
-        if self.pilot_points is not None and not self.pilots:
-            return self._pilot_round()
-        if self.pilot_points is not None and not self.seed_axes:
+        if self.pilot_points is not None:
+            if not self.pilots:
+                return self._pilot_round()
             self._plan()
+            self.pilot_points = None
         m = len(self.constrained)
         if self.phase >= m:
             return None
@@ -750,10 +747,10 @@ class _EpsilonPhases:
             if any(start[p:]) or (p == 0 and start != (0,) * m):
                 continue
             indices = range(self.n_points) if p == 0 else range(1, self.n_points)
+            axes = self.axes[seed]
             chain = []
             for step, i in enumerate(indices):
                 idx = start[:p] + (i,) + (0,) * (m - p - 1)
-                axes = self._axes(seed)
                 bounds = np.array([axes[a][idx[a]] for a in range(m)])
                 config = self._config(seed, bounds, step)
                 self.index_of[config] = (seed, idx)

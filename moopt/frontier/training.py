@@ -21,7 +21,8 @@ def cosine_decay(
     optimizer: torch.optim.Optimizer, steps: int, final_lr_fraction: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A scheduler that decays every group's learning rate from its initial value to
-    ``final_lr_fraction`` of it along a half cosine over ``steps`` steps."""
+    ``final_lr_fraction`` of it along a half cosine over ``steps`` steps:
+    ``lr_t = lr_0 · (f + (1 − f) · (1 + cos(π t / steps)) / 2)``, ``f = final_lr_fraction``."""
     floor = final_lr_fraction
 
     def factor(step: int) -> float:
@@ -169,8 +170,9 @@ class ProblemTraining:
         each run, with the B decision vectors stacked into one ``(B, n_params)`` parameter
         (``problem.losses`` is batched) and the B scalarizations computed row-wise by
         ``BatchedScalarization``; the sum over runs is differentiated once. The batch
-        takes ``warm_steps`` when every run in it is warm-started, else ``steps`` (runs
-        one by one differ only in a resumed sweep whose chains stopped at different runs).
+        takes ``warm_steps`` and ``warm_lr`` when every run in it is warm-started, else
+        ``steps`` and ``lr`` (runs one by one differ only in a resumed sweep whose chains
+        stopped at different runs).
 
         Returns:
             Per run: the final losses, the raw MDMM multipliers (``None`` unless ε) and
