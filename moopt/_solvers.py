@@ -136,10 +136,11 @@ def _dual_cone_iterations(
     momentum_point = v
     t = 1.0
     residual = _dual_cone_kkt(g_hat, u, v)
-    polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+    largest = float(residual.max())  # copied once for the polish test and the first check
+    polish = v.shape[0] <= POLISH_MAX_TASKS and largest > tol
     step = None
     for _ in range(fista_iter):
-        if float(residual.max()) <= tol:
+        if largest <= tol:
             break
         if step is None:  # computed only when FISTA runs
             step = 1.0 / float(lipschitz_bound(g_hat))
@@ -151,6 +152,7 @@ def _dual_cone_iterations(
         t = 1.0 if bool(restart.any()) else t_next
         v = v_next
         residual = _dual_cone_kkt(g_hat, u, v)
+        largest = float(residual.max())
     if polish:
         v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
     for column in (residual > tol).nonzero().flatten().tolist():
