@@ -145,7 +145,9 @@ def _check_preference_length(pref: torch.Tensor, n_tasks: int) -> None:
 
 
 class _Gramian(GramianWeighting):
-    """Shared input checks: subclasses implement :meth:`solve` on a validated Gramian."""
+    """Shared input checks and the K = 2 dispatch: subclasses implement
+    :meth:`_solve_general` on a validated Gramian, and :meth:`_solve_pair` where they have a
+    two-task closed form."""
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         """Task weights ``w`` (K entries) of the update ``d = Σ_k w_k g_k``."""
