@@ -136,10 +136,11 @@ def _dual_cone_iterations(
     momentum_point = v
     t = 1.0
     residual = _dual_cone_kkt(g_hat, u, v)
-    polish = v.shape[0] <= POLISH_MAX_TASKS and float(residual.max()) > tol
+    largest = float(residual.max())  # copied once for the polish test and the first check
+    polish = v.shape[0] <= POLISH_MAX_TASKS and largest > tol
     step = None
     for _ in range(fista_iter):
-        if float(residual.max()) <= tol:
+        if largest <= tol:
             break
         if step is None:  # computed only when FISTA runs
             step = 1.0 / float(lipschitz_bound(g_hat))
@@ -151,6 +152,7 @@ def _dual_cone_iterations(
         t = 1.0 if bool(restart.any()) else t_next
         v = v_next
         residual = _dual_cone_kkt(g_hat, u, v)
+        largest = float(residual.max())
     if polish:
         v, residual = _polish_on_free_sets(g_hat, u, v, residual, tol)
     for column in (residual > tol).nonzero().flatten().tolist():
@@ -356,15 +358,11 @@ def _min_norm_on_support(
     """Min-norm weights restricted to ``support`` (bordered KKT system, least squares);
     ``support=None`` means every task. ``checked=False``: plain LU, no accuracy test (for a
     caller that checks the KKT conditions)."""
-    size = gramian.shape[0] if support is None else int(support.sum())
-    block = gramian if support is None else gramian[support][:, support]
-    bordered = bordered_matrix(block, 1.0)
+    block = _support_block(gramian, support)
+    size = block.shape[0]
     rhs = torch.zeros(size + 1, dtype=gramian.dtype, device=gramian.device)
     rhs[-1] = 1.0
-    if checked:
-        solution = solve_symmetric(bordered, rhs)
-    else:
-        solution = torch.linalg.solve_ex(bordered, rhs).result
+    solution = _solve_bordered(bordered_matrix(block, 1.0), rhs, checked)
     if support is None:
         weights = solution[:size]
     else:
@@ -374,6 +372,19 @@ def _min_norm_on_support(
         weights = weights.clamp(min=0.0)
         weights = weights / weights.sum()
     return weights
+
+
+def _support_block(gramian: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    """``G_FF`` for the support F (``None``: every task, ``G`` itself)."""
+    return gramian if support is None else gramian[support][:, support]
+
+
+def _solve_bordered(bordered: torch.Tensor, rhs: torch.Tensor, checked: bool) -> torch.Tensor:
+    """:func:`solve_symmetric`, or with ``checked=False`` plain LU (no accuracy test, for a
+    caller whose KKT check certifies the result)."""
+    if checked:
+        return solve_symmetric(bordered, rhs)
+    return torch.linalg.solve_ex(bordered, rhs).result
 
 
 def bordered_matrix(block: torch.Tensor, border: float) -> torch.Tensor:
@@ -526,17 +537,13 @@ def _cagrad_on_support(
     every task. ``checked=False``: plain LU, no accuracy test (the returned violation is
     the certificate; NaN or a wrong solution fails it).
     """
-    size = gramian.shape[0] if support is None else int(support.sum())
-    block = gramian if support is None else gramian[support][:, support]
-    bordered = bordered_matrix(block, -1.0)
+    block = _support_block(gramian, support)
+    size = block.shape[0]
     rhs = torch.zeros(size + 1, 2, dtype=gramian.dtype, device=gramian.device)
     rhs[-1, 0] = 1.0
     linear = gramian @ b
     rhs[:size, 1] = -(linear if support is None else linear[support])
-    if checked:
-        solution = solve_symmetric(bordered, rhs)
-    else:
-        solution = torch.linalg.solve_ex(bordered, rhs).result
+    solution = _solve_bordered(bordered_matrix(block, -1.0), rhs, checked)
     directions = solution[:size]
     # [[y0ᵀGy0, y0ᵀGy1], [y1ᵀGy0, y1ᵀGy1]] and (σ0, σ1): floats (one copy to the host)
     # unless G requires grad.

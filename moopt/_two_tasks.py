@@ -276,11 +276,7 @@ def power_root(gramian: torch.Tensor, tol: float) -> torch.Tensor:
         RuntimeError: when the two gradients are opposite to within ``tol``.
     """
     floats, values = pair_entries(gramian)
-    zero = [k for k, diagonal in enumerate((floats[0], floats[3])) if not diagonal > 0.0]
-    if zero:
-        raise ValueError(
-            f"gradients of tasks {zero} are zero: G w = w^(-1/alpha) has no positive solution"
-        )
+    _refuse_zero_gradients(floats, "G w = w^(-1/alpha) has no positive solution")
     return pair_vector(*_root_of_two(floats, values, tol), gramian)
 
 
@@ -295,12 +291,17 @@ def nash_mtl(gramian: torch.Tensor, tol: float) -> torch.Tensor:
         RuntimeError: when the two gradients are opposite to within ``tol``.
     """
     floats, (a, b, c, d) = pair_entries(gramian)
-    zero = [k for k, diagonal in enumerate((floats[0], floats[3])) if not diagonal > 0.0]
-    if zero:
-        raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+    _refuse_zero_gradients(floats, "Nash-MTL has no solution")
     first, second = _root_of_two(floats, (a, b, c, d), tol)
     scale = sqrt(sqrt(a * a + b * b + c * c + d * d))
     return pair_vector(scale * first, scale * second, gramian)
+
+
+def _refuse_zero_gradients(floats: Sequence[float], consequence: str) -> None:
+    """Raise ``ValueError`` naming the tasks whose gradient is zero (``G_kk ≤ 0``)."""
+    zero = [k for k, diagonal in enumerate((floats[0], floats[3])) if not diagonal > 0.0]
+    if zero:
+        raise ValueError(f"gradients of tasks {zero} are zero: {consequence}")
 
 
 def _root_of_two(

@@ -145,7 +145,9 @@ def _check_preference_length(pref: torch.Tensor, n_tasks: int) -> None:
 
 
 class _Gramian(GramianWeighting):
-    """Shared input checks: subclasses implement :meth:`solve` on a validated Gramian."""
+    """Shared input checks and the K = 2 dispatch: subclasses implement
+    :meth:`_solve_general` on a validated Gramian, and :meth:`_solve_pair` where they have a
+    two-task closed form."""
 
     def weights(self, gramian: torch.Tensor) -> torch.Tensor:
         """Task weights ``w`` (K entries) of the update ``d = Σ_k w_k g_k``."""
@@ -157,7 +159,21 @@ class _Gramian(GramianWeighting):
         return self.weights(jacobian @ jacobian.T) @ jacobian
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        """Weights from a checked Gramian (implemented by each method)."""
+        """Weights from a checked Gramian: for K = 2 the method's closed form
+        (:meth:`_solve_pair`) where it applies, else its general solver."""
+        if gramian.shape[0] == 2:
+            closed = self._solve_pair(gramian)
+            if closed is not None:
+                return closed
+        return self._solve_general(gramian)
+
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        """The K = 2 closed form (:mod:`moopt._two_tasks`), or ``None`` where it does not
+        apply (then :meth:`_solve_general` runs)."""
+        return None
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
+        """Weights from a checked Gramian of any K (implemented by each method)."""
         raise NotImplementedError
 
 
@@ -205,11 +221,12 @@ class PCGrad(_Gramian):
             raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
         self.generator = generator
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor:
+        share = 0.5 if self.reduction == "mean" else 1.0
+        return _two_tasks.upgrad(gramian, (share, share))
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
-        if n == 2:
-            share = 0.5 if self.reduction == "mean" else 1.0
-            return _two_tasks.upgrad(gramian, (share, share))
         orders = torch.stack([torch.randperm(n, generator=self.generator) for _ in range(n)])
         orders = orders.to(gramian.device)
         rows = torch.arange(n, device=gramian.device)
@@ -339,20 +356,21 @@ class CAGrad(_Gramian):
         self.rescale = rescale
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        n = gramian.shape[0]
-        weights = None
-        if n == 2:
-            tol = _solvers.default_tolerance(gramian.dtype)
-            weights = _two_tasks.cagrad(gramian, self.c, tol)
-        if weights is None:
-            anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
-            radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
-            weights = _solvers.cagrad_dual(gramian, anchor, radius)
+        weights = super().solve(gramian)
         if self.rescale == 1:
             return weights / (1.0 + self.c**2)
         if self.rescale == 2:
             return weights / (1.0 + self.c)
         return weights
+
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        return _two_tasks.cagrad(gramian, self.c, _solvers.default_tolerance(gramian.dtype))
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
+        n = gramian.shape[0]
+        anchor = torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)
+        radius = self.c * (anchor @ gramian @ anchor).clamp(min=0.0).sqrt()
+        return _solvers.cagrad_dual(gramian, anchor, radius)
 
 
 class NashMTL(_Gramian):
@@ -384,24 +402,26 @@ class NashMTL(_Gramian):
         self.max_norm = check_positive(max_norm, "max_norm", allow_zero=True)
 
     def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        if gramian.shape[0] == 2:
-            tol = _solvers.default_tolerance(gramian.dtype)
-            weights = _two_tasks.nash_mtl(gramian, tol)
-        else:
-            norms = gramian.detach().diagonal()
-            if bool((norms <= 0).any()):
-                zero = (norms <= 0).nonzero().flatten().tolist()
-                raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
-            # Divided by its largest entry first: ‖G‖_F of a float32 G overflows for
-            # entries near 1e19 and underflows near 1e-23; Ĝ (and its derivative) is unchanged.
-            scaled = gramian / gramian.detach().abs().amax()
-            normalized = scaled / torch.linalg.matrix_norm(scaled)
-            weights = _solvers.power_root(normalized, alpha=1.0)
+        weights = super().solve(gramian)
         if self.max_norm > 0:
             norm = (weights @ gramian @ weights).clamp(min=0.0).sqrt()
             if float(norm.detach()) > self.max_norm:
                 weights = weights * (self.max_norm / norm)
         return weights
+
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor:
+        return _two_tasks.nash_mtl(gramian, _solvers.default_tolerance(gramian.dtype))
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
+        norms = gramian.detach().diagonal()
+        if bool((norms <= 0).any()):
+            zero = (norms <= 0).nonzero().flatten().tolist()
+            raise ValueError(f"gradients of tasks {zero} are zero: Nash-MTL has no solution")
+        # Divided by its largest entry first: ‖G‖_F of a float32 G overflows for
+        # entries near 1e19 and underflows near 1e-23; Ĝ (and its derivative) is unchanged.
+        scaled = gramian / gramian.detach().abs().amax()
+        normalized = scaled / torch.linalg.matrix_norm(scaled)
+        return _solvers.power_root(normalized, alpha=1.0)
 
 
 class IMTLG(_Gramian):
@@ -421,11 +441,10 @@ class IMTLG(_Gramian):
         n_tasks: expected K, or ``None``.
     """
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        if gramian.shape[0] == 2:
-            closed = _two_tasks.imtlg(gramian)
-            if closed is not None:
-                return closed
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        return _two_tasks.imtlg(gramian)
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         direction = torch.linalg.pinv(gramian, hermitian=True) @ norms
         total = direction.sum()
@@ -469,13 +488,12 @@ class AlignedMTL(_Gramian):
         self.pref = _preference(pref)
         self.scale_mode = check_choice(scale_mode, "scale_mode", ("min", "median", "rmse"))
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        pair = _preference_floats(self.pref, 2, 1.0)
+        return _two_tasks.aligned_mtl(gramian, pair, self.scale_mode)
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
-        if n == 2:
-            pair = _preference_floats(self.pref, n, 1.0)
-            closed = _two_tasks.aligned_mtl(gramian, pair, self.scale_mode)
-            if closed is not None:
-                return closed
         pref = _resolve_preference(self.pref, n, gramian, 1.0)
         eigenvalues, vectors = torch.linalg.eigh(gramian)
         tolerance = eigenvalues.detach().max() * n * torch.finfo(gramian.dtype).eps
@@ -531,9 +549,10 @@ class UPGrad(_DualCone):
         n_tasks: expected K, or ``None``.
     """
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        if gramian.shape[0] == 2:
-            return _two_tasks.upgrad(gramian, self._pair_pref())
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor:
+        return _two_tasks.upgrad(gramian, self._pair_pref())
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         return _solvers.dual_cone_weights(gramian, torch.diag(self._pref_for(gramian))).sum(1)
 
 
@@ -553,9 +572,10 @@ class DualProj(_DualCone):
         n_tasks: expected K, or ``None``.
     """
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
-        if gramian.shape[0] == 2:
-            return _two_tasks.dual_proj(gramian, self._pair_pref())
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor:
+        return _two_tasks.dual_proj(gramian, self._pair_pref())
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         pref = self._pref_for(gramian).unsqueeze(1)
         return _solvers.dual_cone_weights(gramian, pref).squeeze(1)
 
@@ -623,9 +643,14 @@ class GradVac(_Gramian):
                 f"GradVac holds EMA state for {self.target.shape[0]} tasks but got {n}; "
                 "call reset() before changing the number of tasks"
             )
-        target = self.target.to(dtype=gramian.dtype, device=gramian.device)
-        if n == 2:
-            return self._solve_two(gramian, target)
+        return super().solve(gramian)
+
+    def _target_like(self, gramian: torch.Tensor) -> torch.Tensor:
+        return self.target.to(dtype=gramian.dtype, device=gramian.device)
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
+        n = gramian.shape[0]
+        target = self._target_like(gramian)
         rows = torch.arange(n, device=gramian.device)
         shuffled = torch.stack([torch.randperm(n - 1, generator=self.generator) for _ in range(n)])
         # Task i visits the others: a permutation of 0..n-2 with the entries ≥ i shifted up.
@@ -664,7 +689,8 @@ class GradVac(_Gramian):
         self.target = new_target
         return coefficients.sum(dim=0)
 
-    def _solve_two(self, gramian: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor:
+        target = self._target_like(gramian)
         (keep_1, goal_12), (goal_21, keep_2) = target.detach().tolist()
         weights, (new_12, new_21) = _two_tasks.gradvac(
             gramian, (goal_12, goal_21), self.beta, self.eps
@@ -768,12 +794,11 @@ class ConFIG(_Gramian):
         super().__init__(n_tasks)
         self.pref = _preference(pref)
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+    def _solve_pair(self, gramian: torch.Tensor) -> torch.Tensor | None:
+        return _two_tasks.config(gramian, _preference_floats(self.pref, 2, 1.0))
+
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
-        if n == 2:
-            closed = _two_tasks.config(gramian, _preference_floats(self.pref, n, 1.0))
-            if closed is not None:
-                return closed
         pref = _resolve_preference(self.pref, n, gramian, 1.0)
         norms = gramian.diagonal().clamp(min=0.0).sqrt()
         inverse = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
@@ -809,7 +834,7 @@ class FairGrad(_Gramian):
         super().__init__(n_tasks)
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
 
-    def solve(self, gramian: torch.Tensor) -> torch.Tensor:
+    def _solve_general(self, gramian: torch.Tensor) -> torch.Tensor:
         n = gramian.shape[0]
         if self.alpha == 0:
             return torch.full((n,), 1.0 / n, dtype=gramian.dtype, device=gramian.device)

@@ -442,6 +442,7 @@ def test_retain_graph_keeps_the_graph():
     combiner.watch(model)
     losses = mse_losses(model(x), targets)
     combiner.backward(losses, retain_graph=True)
+    assert combiner.watch_report.covered  # the activation route ran, not only J's rows
     first = [p.grad.clone() for p in model.parameters()]
     sum(losses).backward()  # the graph is still there
     assert all(not torch.equal(a, p.grad) for a, p in zip(first, model.parameters()))
