@@ -449,6 +449,9 @@ def forward_unroll(
     dual = n == 1 and compiled is None
     try:
         with contextlib.ExitStack() as dual_scope:
+            # The seeds scaled by 2^{-e} (and h as a dual tensor) change only when the
+            # exponents do, at most every _RESCALE_EVERY steps: rebuilt then, not every step.
+            scaled_seeds = seeds
             h_dual = None
             for t in range(horizon):
                 if dual and t == 1:
@@ -456,10 +459,8 @@ def forward_unroll(
                 batch = get_batch(t)
                 active = started[t]
                 tangent = _pad_columns(tangent, active)
-                h_dot = seeds[:active]
-                if rescale_tangents:
-                    h_dot = _times_power_of_two(h_dot, -exponents[:active])
-                if dual and t > 0:
+                h_dot = scaled_seeds[:active]
+                if dual and t > 0 and h_dual is None:
                     h_dual = forward_ad.make_dual(h, h_dot[0])
                 try:
                     if dual and t > 0:
@@ -491,6 +492,8 @@ def forward_unroll(
                         tangent, exponents[:active] = _renormalise(
                             tangent, peak, exponents[:active]
                         )
+                        scaled_seeds = _times_power_of_two(seeds, -exponents)
+                        h_dual = None
                 if monitor is not None:
                     monitor.record(t, state, tangent, loss if has_aux else None, losses)
                 if bar is not None:
