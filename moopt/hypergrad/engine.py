@@ -181,12 +181,13 @@ class HyperSpace:
             out[name] = schedule.values_from_raw(raw)
         return out
 
-    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Cut a length-N vector into ``{name: tensor of shape (W, *shape)}``."""
+    def split(self, flat: torch.Tensor, keep_dtype: bool = False) -> dict[str, torch.Tensor]:
+        """Cut a length-N vector into ``{name: tensor of shape (W, *shape)}``, on each
+        schedule's device and in its dtype (``keep_dtype=True``: in ``flat``'s dtype)."""
         return {
             name: flat[start:stop]
             .reshape(schedule.windows, *schedule.shape)
-            .to(schedule.raw.dtype)
+            .to(dtype=flat.dtype if keep_dtype else schedule.raw.dtype)
             .to(schedule.raw.device)
             for (name, schedule), (start, stop) in zip(self.schedules.items(), self.offsets)
         }
@@ -249,21 +250,16 @@ def make_result(
     }
     if flat_log_abs is None:
         flat_log_abs = flat_grad.detach().double().abs().log()
-
-    def per_schedule(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            name: flat[start:stop].reshape(s.raw.shape).to(device=s.raw.device)
-            for (name, s), (start, stop) in zip(space.schedules.items(), space.offsets)
-        }
-
     return HypergradResult(
         val_loss=val_loss.detach(),
         hypergrads=hypergrads,
         value_hypergrads=value_grads,
         state=tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, state),
         train_losses=train_losses,
-        log_abs_hypergrads=per_schedule(flat_log_abs),
-        log_tangent_peaks=None if flat_log_peaks is None else per_schedule(flat_log_peaks),
+        log_abs_hypergrads=space.split(flat_log_abs, keep_dtype=True),
+        log_tangent_peaks=(
+            None if flat_log_peaks is None else space.split(flat_log_peaks, keep_dtype=True)
+        ),
     )
 
 
