@@ -514,14 +514,16 @@ def forward_unroll(
     wide = mantissa.detach().double()
     sorted_grad = _ldexp(wide, exponents)
     sorted_log_abs = wide.abs().log() + exponents.to(wide) * math.log(2.0)
-    where = order.to(sorted_grad.device)
-    flat_grad = torch.empty_like(sorted_grad)
-    flat_grad[where] = sorted_grad
-    flat_log_abs = torch.empty_like(sorted_log_abs)
-    flat_log_abs[where] = sorted_log_abs
-    flat_log_peaks = torch.empty_like(log_peaks)
-    flat_log_peaks[where] = log_peaks
-    return make_result(space, value, flat_grad, state, losses, flat_log_abs, flat_log_peaks)
+    unsort = torch.argsort(order).to(sorted_grad.device)  # column order -> flat order
+    return make_result(
+        space,
+        value,
+        sorted_grad[unsort],
+        state,
+        losses,
+        sorted_log_abs[unsort],
+        log_peaks[unsort],
+    )
 
 
 #: Inner steps between two looks at the tangents' magnitudes (rescaling, peaks).
