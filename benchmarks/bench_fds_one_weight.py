@@ -5,9 +5,8 @@ steps with momentum, batch 64, ``moopt.Linear([1 − α, α])`` of the two task 
 time of one ``fds_hypergradients`` run (N = 1 tangent: α) against one plain
 ``torch.optim.SGD`` run with the same loss, for the two ways of writing the cross-entropy
 (``F.cross_entropy``, and ``logsumexp(z) − z[y]``). Best and median of ``--repeat``
-alternating pairs, one thread. Uses only APIs that predate the single-column dual path,
-so the same file measures an older checkout too (run it with that checkout first on
-``PYTHONPATH``).
+alternating pairs, one thread. It imports :func:`moopt.hypergrad.cross_entropy`, so it
+runs only on a checkout that has it (not on one from before the single-column dual path).
 
 Run: ``PYTHONPATH=. python benchmarks/bench_fds_one_weight.py``
 """
