@@ -5,9 +5,8 @@ steps with momentum, batch 64, ``moopt.Linear([1 − α, α])`` of the two task 
 time of one ``fds_hypergradients`` run (N = 1 tangent: α) against one plain
 ``torch.optim.SGD`` run with the same loss, for the two ways of writing the cross-entropy
 (``F.cross_entropy``, and ``logsumexp(z) − z[y]``). Best and median of ``--repeat``
-alternating pairs, one thread. Uses only APIs that predate the single-column dual path,
-so the same file measures an older checkout too (run it with that checkout first on
-``PYTHONPATH``).
+alternating pairs, one thread. It imports :func:`moopt.hypergrad.cross_entropy`, so it
+runs only on a checkout that has it (not on one from before the single-column dual path).
 
 Run: ``PYTHONPATH=. python benchmarks/bench_fds_one_weight.py``
 """
@@ -24,10 +23,6 @@ from torch.nn import functional as F
 import moopt
 from moopt.data import multi_digits
 from moopt.hypergrad import SGD, Schedule, cross_entropy, fds_hypergradients
-
-
-def cross_entropy_f(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, 1 thread, T = {args.steps}, {args.repeat} pairs")
     print(f"{'cross-entropy':<22}{'plain s':>9}{'FDS s':>9}{'FDS / plain (median, min-max)':>32}")
     for name, ce in (
-        ("F.cross_entropy", cross_entropy_f),
+        ("F.cross_entropy", F.cross_entropy),
         ("logsumexp - gather", cross_entropy),
     ):
         plain(ce)

@@ -3,9 +3,11 @@
 gradient with ``torch.autograd``. Its hypergradients must equal reverse mode and central
 finite differences of an independent ``torch.optim`` loop, as the batched path's do."""
 
+import copy
+
 import pytest
 import torch
-from tiny_mlp import tiny_mlp_setup
+from tiny_mlp import tiny_mlp_setup, two_losses
 from torch import nn
 
 import moopt
@@ -20,13 +22,9 @@ def _setup(seed=0):
     return tiny_mlp_setup(T, seed)
 
 
-def _losses(out, y):
-    return torch.stack([((out - y) ** 2).mean(), (out**2).mean()])
-
-
 def _train_loss(model_fn, batch, hypers):
     x, y = batch
-    losses = _losses(model_fn(x), y)
+    losses = two_losses(model_fn(x), y)
     if "alpha" not in hypers:
         return losses[0]
     alpha = hypers["alpha"]
@@ -36,12 +34,11 @@ def _train_loss(model_fn, batch, hypers):
 def _torch_val(model, data, val, make_optimizer, alpha=None):
     """Independent reference: plain torch.optim training with fixed hyperparameters."""
     x, y = data
-    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
-    net.load_state_dict(model.state_dict())
+    net = copy.deepcopy(model)
     optimizer = make_optimizer(net.parameters())
     for t in range(T):
         optimizer.zero_grad()
-        losses = _losses(net(x[t]), y[t])
+        losses = two_losses(net(x[t]), y[t])
         loss = losses[0] if alpha is None else (1 - alpha) * losses[0] + alpha * losses[1]
         loss.backward()
         optimizer.step()

@@ -2,9 +2,11 @@
 central finite differences of an independent torch.optim training loop (1e-5 relative),
 on a small MLP over 60 steps with momentum on (float64)."""
 
+import copy
+
 import pytest
 import torch
-from tiny_mlp import tiny_mlp_setup
+from tiny_mlp import tiny_mlp_setup, two_losses
 from torch import nn
 
 import moopt
@@ -28,13 +30,9 @@ def _setup(seed=0):
 COMBINER = moopt.Linear(torch.tensor([1.0, 1.0], dtype=DT))
 
 
-def _two_losses(out, y):
-    return torch.stack([((out - y) ** 2).mean(), (out**2).mean()])
-
-
 def _train_loss(model_fn, batch, hypers):
     x, y = batch
-    losses = _two_losses(model_fn(x), y)
+    losses = two_losses(model_fn(x), y)
     if "alpha" not in hypers:
         return losses[0]
     # L1 + alpha * L2 through moopt.Linear; functional_call keeps the weights' tangents.
@@ -45,8 +43,7 @@ def _train_loss(model_fn, batch, hypers):
 def _reference_val(model, data, val, make_optimizer, per_step):
     """Independent reference: plain torch.optim training, hyperparameters set per step."""
     x, y = data
-    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
-    net.load_state_dict(model.state_dict())
+    net = copy.deepcopy(model)
     optimizer = make_optimizer(net.parameters())
     for t in range(T):
         group = optimizer.param_groups[0]
@@ -58,7 +55,7 @@ def _reference_val(model, data, val, make_optimizer, per_step):
                 group[name] = value
         optimizer.zero_grad()
         out = net(x[t])
-        losses = _two_losses(out, y[t])
+        losses = two_losses(out, y[t])
         loss = losses[0] + values["alpha"] * losses[1] if "alpha" in values else losses[0]
         loss.backward()
         optimizer.step()
@@ -136,7 +133,7 @@ def test_combiner_built_inside_the_loss_matches_functional_call():
     def inline_loss(model_fn, batch, hypers):
         x, y = batch
         weights = torch.cat([torch.ones(1, dtype=DT), hypers["alpha"].reshape(1)])
-        return moopt.Linear(weights)(_two_losses(model_fn(x), y))
+        return moopt.Linear(weights)(two_losses(model_fn(x), y))
 
     def val_loss(model_fn):
         return ((model_fn(val[0]) - val[1]) ** 2).mean()
@@ -256,7 +253,7 @@ def test_vector_valued_loss_weights_per_window():
     )
 
     def train_loss(model_fn, batch, hypers):
-        losses = _two_losses(model_fn(batch[0]), batch[1])
+        losses = two_losses(model_fn(batch[0]), batch[1])
         return torch.func.functional_call(COMBINER, {"weights": hypers["w"]}, (losses,))
 
     def run(make):
@@ -285,8 +282,7 @@ def test_cuda_matches_cpu():
     horizon = 10
 
     def run(device):
-        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(DT)
-        net.load_state_dict(model.state_dict())
+        net = copy.deepcopy(model)
         net.to(device)
         x, y = (d.to(device) for d in data)
         xv, yv = (v.to(device) for v in val)

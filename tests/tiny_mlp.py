@@ -19,3 +19,8 @@ def tiny_mlp_setup(steps: int, seed: int = 0):
     x_val = torch.randn(32, 4, generator=gen, dtype=DT)
     y_val = torch.randn(32, 3, generator=gen, dtype=DT)
     return model, (x, y), (x_val, y_val)
+
+
+def two_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The two task losses of the tests: ``[mean (out − y)², mean out²]``."""
+    return torch.stack([((out - y) ** 2).mean(), (out**2).mean()])

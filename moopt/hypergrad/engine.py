@@ -181,12 +181,13 @@ class HyperSpace:
             out[name] = schedule.values_from_raw(raw)
         return out
 
-    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Cut a length-N vector into ``{name: tensor of shape (W, *shape)}``."""
+    def split(self, flat: torch.Tensor, keep_dtype: bool = False) -> dict[str, torch.Tensor]:
+        """Cut a length-N vector into ``{name: tensor of shape (W, *shape)}``, on each
+        schedule's device and in its dtype (``keep_dtype=True``: in ``flat``'s dtype)."""
         return {
             name: flat[start:stop]
             .reshape(schedule.windows, *schedule.shape)
-            .to(schedule.raw.dtype)
+            .to(dtype=flat.dtype if keep_dtype else schedule.raw.dtype)
             .to(schedule.raw.device)
             for (name, schedule), (start, stop) in zip(self.schedules.items(), self.offsets)
         }
@@ -249,21 +250,16 @@ def make_result(
     }
     if flat_log_abs is None:
         flat_log_abs = flat_grad.detach().double().abs().log()
-
-    def per_schedule(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            name: flat[start:stop].reshape(s.raw.shape).to(device=s.raw.device)
-            for (name, s), (start, stop) in zip(space.schedules.items(), space.offsets)
-        }
-
     return HypergradResult(
         val_loss=val_loss.detach(),
         hypergrads=hypergrads,
         value_hypergrads=value_grads,
         state=tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, state),
         train_losses=train_losses,
-        log_abs_hypergrads=per_schedule(flat_log_abs),
-        log_tangent_peaks=None if flat_log_peaks is None else per_schedule(flat_log_peaks),
+        log_abs_hypergrads=space.split(flat_log_abs, keep_dtype=True),
+        log_tangent_peaks=(
+            None if flat_log_peaks is None else space.split(flat_log_peaks, keep_dtype=True)
+        ),
     )
 
 
@@ -449,6 +445,9 @@ def forward_unroll(
     dual = n == 1 and compiled is None
     try:
         with contextlib.ExitStack() as dual_scope:
+            # The seeds scaled by 2^{-e} (and h as a dual tensor) change only when the
+            # exponents do, at most every _RESCALE_EVERY steps: rebuilt then, not every step.
+            scaled_seeds = seeds
             h_dual = None
             for t in range(horizon):
                 if dual and t == 1:
@@ -456,10 +455,8 @@ def forward_unroll(
                 batch = get_batch(t)
                 active = started[t]
                 tangent = _pad_columns(tangent, active)
-                h_dot = seeds[:active]
-                if rescale_tangents:
-                    h_dot = _times_power_of_two(h_dot, -exponents[:active])
-                if dual and t > 0:
+                h_dot = scaled_seeds[:active]
+                if dual and t > 0 and h_dual is None:
                     h_dual = forward_ad.make_dual(h, h_dot[0])
                 try:
                     if dual and t > 0:
@@ -491,6 +488,8 @@ def forward_unroll(
                         tangent, exponents[:active] = _renormalise(
                             tangent, peak, exponents[:active]
                         )
+                        scaled_seeds = _times_power_of_two(seeds, -exponents)
+                        h_dual = None
                 if monitor is not None:
                     monitor.record(t, state, tangent, loss if has_aux else None, losses)
                 if bar is not None:
@@ -515,14 +514,16 @@ def forward_unroll(
     wide = mantissa.detach().double()
     sorted_grad = _ldexp(wide, exponents)
     sorted_log_abs = wide.abs().log() + exponents.to(wide) * math.log(2.0)
-    where = order.to(sorted_grad.device)
-    flat_grad = torch.empty_like(sorted_grad)
-    flat_grad[where] = sorted_grad
-    flat_log_abs = torch.empty_like(sorted_log_abs)
-    flat_log_abs[where] = sorted_log_abs
-    flat_log_peaks = torch.empty_like(log_peaks)
-    flat_log_peaks[where] = log_peaks
-    return make_result(space, value, flat_grad, state, losses, flat_log_abs, flat_log_peaks)
+    unsort = torch.argsort(order).to(sorted_grad.device)  # column order -> flat order
+    return make_result(
+        space,
+        value,
+        sorted_grad[unsort],
+        state,
+        losses,
+        sorted_log_abs[unsort],
+        log_peaks[unsort],
+    )
 
 
 #: Inner steps between two looks at the tangents' magnitudes (rescaling, peaks).
