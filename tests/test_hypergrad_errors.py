@@ -240,3 +240,55 @@ def test_low_level_engine_checks_state_and_losses():
         _run(_mlp(), train_loss=lambda f, b, h: 1.0)
     with pytest.raises(ValueError, match="train_loss must return a scalar"):
         _run(_mlp(), train_loss=lambda f, b, h: f(b[0]))
+
+
+def _math_kernel(fn):
+    def wrapped(*args):
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            return fn(*args)
+
+    return wrapped
+
+
+def _encoder_run(make, model, train_wrap=None, val_wrap=None):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(T, 2, 5, 8, generator=gen, dtype=DT)
+    y = torch.randn(T, 2, 5, 8, generator=gen, dtype=DT)
+
+    def val_loss(f):
+        return ((f(x[0]) - y[0]) ** 2).mean()
+
+    return make(
+        model,
+        train_wrap(_mse) if train_wrap else _mse,
+        val_wrap(val_loss) if val_wrap else val_loss,
+        SGD(lr=Schedule(0.05, steps=T, dtype=DT), momentum=Schedule(0.5, steps=T, dtype=DT)),
+        lambda t: (x[t], y[t]),
+    )
+
+
+def test_fused_attention_kernels_name_the_module_and_the_fix_works():
+    """A real fused kernel: nn.TransformerEncoderLayer on CPU runs SDPA's flash kernel in
+    the training step and, in eval mode (the validation loss), a fused fast path;
+    neither has a forward-mode rule. Each failure names the step or the validation loss
+    and the module, and says what to do; doing it gives reverse mode's answer."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).to(DT)
+    model = nn.Sequential(nn.Linear(8, 8), layer).to(DT)
+    with pytest.raises(UnrollError, match=r"inner step 0 failed in module '1.self_attn'") as info:
+        _encoder_run(fds_hypergradients, model)
+    assert "SDPBackend.MATH" in str(info.value)
+    with pytest.raises(UnrollError, match=r"the validation loss failed in module '1") as info:
+        _encoder_run(fds_hypergradients, model, train_wrap=_math_kernel)
+    assert "set_fastpath_enabled(False)" in str(info.value)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        fds, rev = (
+            _encoder_run(make, model, _math_kernel, _math_kernel)
+            for make in (fds_hypergradients, reverse_hypergradients)
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    for name in ("lr", "momentum"):
+        assert float(fds.hypergrads[name].abs().max()) > 0
+        torch.testing.assert_close(fds.hypergrads[name], rev.hypergrads[name], rtol=1e-9, atol=0)
