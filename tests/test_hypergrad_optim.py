@@ -190,6 +190,10 @@ def test_unknown_or_bad_hyperparameters():
         SGD(lr=0.1, foo=1.0)
     with pytest.raises(ValueError, match="nesterov"):
         SGD(lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov=True requires zero dampening"):
+        SGD(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov=True requires zero dampening"):
+        SGD(lr=0.1, momentum=0.9, dampening=Schedule(0.1, steps=3), nesterov=True)
     with pytest.raises(TypeError, match="betas"):
         Adam(betas=0.9)
     with pytest.raises(ValueError, match="finite"):
