@@ -91,7 +91,9 @@ def test_unknown_options():
         Schedule(0.0, steps=T, transform="log")
 
 
-def test_nan_during_the_unroll_names_the_step():
+@pytest.mark.parametrize("columns", [1, 3])
+def test_nan_during_the_unroll_names_the_step(columns):
+    """N = 1 runs as dual tensors after step 0, N = 3 as vmapped jvp: both name the step."""
     x, y = _data()
     x = x.clone()
     x[3] = float("nan")
@@ -99,7 +101,9 @@ def test_nan_during_the_unroll_names_the_step():
     def batches(t):
         return x[t], y[t]
 
-    optimizer = SGD(lr=Schedule(0.1, steps=T, dtype=DT))
+    lr = Schedule(0.1, steps=T, windows=min(columns, 2), dtype=DT)
+    momentum = Schedule(0.5, steps=T, dtype=DT) if columns > 1 else 0.0
+    optimizer = SGD(lr=lr, momentum=momentum)
     with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
         fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches)
     # checked every 5 steps (as on accelerators): found late, still named exactly
