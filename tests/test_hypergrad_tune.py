@@ -153,6 +153,15 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     assert 0 <= full.best_step() < 5
 
 
+def test_tune_shows_a_progress_bar_over_the_outer_steps(capsys):
+    objective, schedules = _tiny_problem()
+    tune(objective, schedules, 2, outer=SignStep(fraction=0.2), progress=True)
+    shown = capsys.readouterr().err
+    assert "FDS outer steps" in shown and "2/2" in shown and "val_loss=" in shown
+    tune(objective, schedules, 1, outer=SignStep(fraction=0.2), progress=False)
+    assert "FDS outer steps" not in capsys.readouterr().err
+
+
 def test_resume_refuses_a_checkpoint_of_other_schedules(tmp_path):
     objective, schedules = _tiny_problem()
     path = tmp_path / "run.pt"
