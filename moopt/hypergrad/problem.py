@@ -210,7 +210,9 @@ class InnerProblem:
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         return {**frozen, **dict(self.model.named_buffers())}
 
-    def bind(self, flat: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]):
+    def bind(
+        self, flat: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]
+    ) -> ModelFn:
         """A callable that runs the model with the flat parameters ``flat`` and ``constants``."""
         model = self.model
         layout = self.layout
