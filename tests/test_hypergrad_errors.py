@@ -173,8 +173,9 @@ class _Net(nn.Module):
 
 
 def test_attention_on_cpu_is_differentiated_exactly():
-    """On CPU, SDPA inside the training step takes its math path, which forward mode
-    differentiates (fused CUDA kernels do not: see the custom-Function test below)."""
+    """On CPU, SDPA on these 3-D inputs takes its math path, which forward mode
+    differentiates (4-D inputs, as nn.MultiheadAttention passes, take the fused flash
+    kernel, which it does not: see the TransformerEncoderLayer test below)."""
     x, y = _data()
     model = _Net().to(DT)
 
