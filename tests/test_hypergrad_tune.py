@@ -109,11 +109,12 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("make_outer", [lambda: SignStep(fraction=0.2), lambda: AdamStep(lr=0.05)])
+def test_resumed_run_continues_exactly_where_it_stopped(tmp_path, make_outer):
     torch.manual_seed(123)
     np.random.seed(123)
     objective, schedules = _tiny_problem()
-    full = tune(objective, schedules, 5, outer=SignStep(fraction=0.2), progress=False)
+    full = tune(objective, schedules, 5, outer=make_outer(), progress=False)
 
     def stop_after_two(k, result, history):
         if k == 1:
@@ -128,7 +129,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
             objective,
             schedules,
             5,
-            outer=SignStep(fraction=0.2),
+            outer=make_outer(),
             checkpoint=path,
             progress=False,
             callback=stop_after_two,
@@ -136,9 +137,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     torch.manual_seed(999)  # whatever happens in between is undone by the checkpoint
     np.random.seed(999)
     objective, schedules = _tiny_problem()
-    resumed = tune(
-        objective, schedules, 5, outer=SignStep(fraction=0.2), checkpoint=path, progress=True
-    )
+    resumed = tune(objective, schedules, 5, outer=make_outer(), checkpoint=path, progress=True)
     assert resumed.outer_steps == full.outer_steps == 5
     assert resumed.val_losses == full.val_losses
     for name in ("lr", "momentum"):
