@@ -78,6 +78,13 @@ def test_adam_step_matches_torch_adam_on_the_raw_values():
     torch.testing.assert_close(schedule.raw, leaf.detach(), rtol=0, atol=1e-12)
 
 
+def test_adam_step_clamps_into_the_search_range():
+    schedule = Schedule(torch.tensor([0.95, 0.05]), steps=4, windows=2, bounds=(0.0, 1.0), dtype=DT)
+    # the first Adam step moves each entry by about lr against its hypergradient's sign
+    AdamStep(lr=0.2).step({"m": schedule}, {"m": torch.tensor([-1.0, 3.0], dtype=DT)})
+    assert schedule.values().tolist() == [1.0, 0.0]
+
+
 def _tiny_problem():
     """An FDS objective that also draws from the global RNGs (noise in every batch)."""
     steps = 8
