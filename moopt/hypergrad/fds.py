@@ -19,10 +19,12 @@ Deviations from the official FDS code (github.com/polo5/FDS):
   step;
 * windows need not divide the horizon (sizes then differ by at most one, see
   :class:`~moopt.hypergrad.schedule.Schedule`);
-* the reference recomputes ``H·Z`` one column at a time; here all N columns go through
-  one vmapped jvp per step (``tangents="columns"`` reproduces the column loop for
-  comparisons); a single hyperparameter (N = 1) is carried as ``torch.autograd.forward_ad``
-  dual tensors after the first step, with the gradient of each step by ``torch.autograd``.
+* the reference forms ``H·Z`` one column at a time (one double-backward product per
+  column on the step's gradient graph); here all N columns go through one vmapped jvp
+  per step (``tangents="columns"`` runs one jvp of the whole step per column, which
+  costs more than the reference's loop; see :mod:`moopt.hypergrad.engine`); a single
+  hyperparameter (N = 1) is carried as ``torch.autograd.forward_ad`` dual tensors after
+  the first step, with the gradient of each step by ``torch.autograd``.
 """
 
 from __future__ import annotations
