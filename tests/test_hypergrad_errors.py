@@ -1,5 +1,7 @@
 """Bad input and what forward mode cannot differentiate fail clearly."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -78,6 +80,29 @@ def test_non_differentiable_hyperparameters():
     with pytest.raises(TypeError, match="torch.optim optimizers update in place"):
         model = _mlp()
         _run(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("tuned_lr", [False, True])
+def test_a_loss_hyperparameter_that_never_reaches_the_run_warns(tuned_lr):
+    """``float(hypers["a"])`` cuts the hyperparameter off the derivative: its hypergradient
+    is exactly zero, which nothing else would tell (N = 1 dual path and N = 2 vmap path)."""
+    lr = Schedule(0.1, steps=T, dtype=DT) if tuned_lr else 0.1
+    optimizer = SGD(lr=lr, momentum=0.9)
+    alpha = {"a": Schedule(0.3, steps=T, dtype=DT)}
+
+    def detached(model_fn, batch, hypers):
+        return float(hypers["a"]) * _mse(model_fn, batch, hypers) + model_fn(batch[0]).mean()
+
+    def used(model_fn, batch, hypers):
+        return hypers["a"] * _mse(model_fn, batch, hypers) + model_fn(batch[0]).mean()
+
+    with pytest.warns(UserWarning, match=r"hypers\['a'\] did not change the inner run.*float"):
+        result = _run(_mlp(), optimizer, detached, hypers=alpha)
+    assert float(result.hypergrads["a"].abs().max()) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _run(_mlp(), optimizer, used, hypers=alpha)
+    assert float(result.hypergrads["a"].abs().max()) > 0
 
 
 def test_unknown_options():
