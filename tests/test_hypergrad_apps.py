@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from moopt.cli import main
-from moopt.hypergrad._digits import DigitsSetup, fds_search, hd_search, random_search
+from moopt.hypergrad._digits import (
+    DigitsSetup,
+    fds_search,
+    hd_search,
+    random_search,
+    retrained_accuracies,
+)
 
 
 def test_moopt_tune_smoke(tmp_path, capsys):
@@ -51,6 +57,41 @@ def test_digits_tuners_on_a_tiny_setup():
     for outcome in (fds, hd, rs):
         assert 0.0 <= outcome.test_accuracy <= 1.0 and math.isfinite(outcome.val_loss)
     assert rs.val_loss == min(rs.val_losses)
+
+
+def test_retraining_on_the_tuning_seed_reproduces_each_pick():
+    setup = DigitsSetup.create(steps=15, hidden=8, seed=3)
+    outcomes = [fds_search(setup, runs=3, windows=3), hd_search(setup, runs=2)]
+    outcomes.append(random_search(setup, runs=3, seed=3))
+    for outcome in outcomes:
+        model = outcome.retrain(setup.with_training_seed(setup.training_seed))
+        val, accuracy, _ = setup.evaluate(model)
+        assert val == pytest.approx(outcome.val_loss, rel=1e-5), outcome.method
+        assert accuracy == outcome.test_accuracy, outcome.method
+        others = retrained_accuracies(outcome, setup, [11, 12])
+        assert len(others) == 2 and all(0.0 <= a <= 1.0 for a in others)
+
+
+def test_another_training_seed_keeps_the_split_and_redraws_weights_and_batches():
+    setup = DigitsSetup.create(steps=6, hidden=4, seed=2)
+    assert setup.training_seed == 2
+    other = setup.with_training_seed(7)
+    assert other.training_seed == 7 and other.seed == 2
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(setup, name).x, getattr(other, name).x)
+    assert not torch.equal(setup.batch_indices, other.batch_indices)
+    assert not torch.equal(setup.model()[0].weight, other.model()[0].weight)
+    same = DigitsSetup.create(steps=6, hidden=4, seed=2, training_seed=7)
+    assert torch.equal(same.batch_indices, other.batch_indices)
+    assert torch.equal(same.model()[0].weight, other.model()[0].weight)
+
+
+def test_retraining_needs_a_retrain_function():
+    setup = DigitsSetup.create(steps=4, hidden=4)
+    outcome = random_search(setup, runs=1)
+    outcome.retrain = None
+    with pytest.raises(ValueError, match="no retrain function"):
+        retrained_accuracies(outcome, setup, [1])
 
 
 def test_setup_is_deterministic_and_validates():

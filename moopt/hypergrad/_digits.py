@@ -15,9 +15,10 @@ validation loss (cross-entropy on a validation split carved from the training da
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,11 @@ WEIGHT_DECAY_RANGE = (0.0, 0.01)
 class DigitsSetup:
     """Data, minibatch order, model initialisation and horizon of one tuning problem.
 
-    Every training run (whatever the tuner) starts from the same initial weights and sees
-    the same sequence of minibatches, so runs differ only in their hyperparameters.
+    ``seed`` sets the split; ``training_seed`` (``seed`` unless given) sets the initial
+    weights and the minibatch order. Every training run (whatever the tuner) starts from
+    the same initial weights and sees the same sequence of minibatches, so runs differ only
+    in their hyperparameters. :meth:`with_training_seed` keeps the split and draws other
+    weights and batches, to retrain what a tuner found (:func:`retrained_accuracies`).
     """
 
     train: Split
@@ -56,25 +60,36 @@ class DigitsSetup:
     batch_size: int
     hidden: int
     seed: int
+    training_seed: int
     batch_indices: torch.Tensor
 
     @classmethod
     def create(
-        cls, steps: int = 1500, batch_size: int = 64, hidden: int = 64, seed: int = 0
+        cls,
+        steps: int = 1500,
+        batch_size: int = 64,
+        hidden: int = 64,
+        seed: int = 0,
+        training_seed: int | None = None,
     ) -> DigitsSetup:
         """Split the digits (60 % train, 20 % validation, 20 % test) and draw the batches."""
         for name, value in (("steps", steps), ("batch_size", batch_size), ("hidden", hidden)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
         train, val, test = digits_split(val_fraction=0.2, test_fraction=0.2, seed=seed)
-        generator = torch.Generator().manual_seed(seed)
-        indices = torch.randint(len(train.y), (steps, batch_size), generator=generator)
-        return cls(train, val, test, steps, batch_size, hidden, seed, indices)
+        training_seed = seed if training_seed is None else training_seed
+        indices = _draw_batches(len(train.y), steps, batch_size, training_seed)
+        return cls(train, val, test, steps, batch_size, hidden, seed, training_seed, indices)
+
+    def with_training_seed(self, training_seed: int) -> DigitsSetup:
+        """The same split and horizon; initial weights and minibatches from ``training_seed``."""
+        indices = _draw_batches(len(self.train.y), self.steps, self.batch_size, training_seed)
+        return dataclasses.replace(self, training_seed=training_seed, batch_indices=indices)
 
     def model(self) -> nn.Module:
-        """A fresh MLP 64 → hidden → hidden → 10 (tanh), initialised from ``seed``."""
+        """A fresh MLP 64 → hidden → hidden → 10 (tanh), initialised from ``training_seed``."""
         with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.training_seed)
             return nn.Sequential(
                 nn.Linear(64, self.hidden),
                 nn.Tanh(),
@@ -134,9 +149,18 @@ class DigitsSetup:
         return model
 
 
+def _draw_batches(n_train: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(n_train, (steps, batch_size), generator=generator)
+
+
 @dataclass
 class SearchOutcome:
-    """What a tuner found: the hyperparameters of its best run (lowest validation loss)."""
+    """What a tuner found: the hyperparameters of its best run (lowest validation loss).
+
+    ``retrain`` trains those hyperparameters again on a given setup (another training seed:
+    :func:`retrained_accuracies`).
+    """
 
     method: str
     runs: int
@@ -147,6 +171,25 @@ class SearchOutcome:
     seconds: float
     val_losses: list[float] = field(default_factory=list)
     history: History | None = None
+    retrain: Callable[[DigitsSetup], nn.Module] | None = None
+
+
+def retrained_accuracies(
+    outcome: SearchOutcome, setup: DigitsSetup, training_seeds: Iterable[int]
+) -> list[float]:
+    """Test accuracy of ``outcome``'s hyperparameters trained again from each training seed.
+
+    A tuner picks its run on one initial weight draw and one minibatch order; the test
+    accuracy of that single run mixes the quality of the hyperparameters with the luck of
+    that draw. Retraining on the same split from other seeds separates the two.
+    """
+    if outcome.retrain is None:
+        raise ValueError(f"{outcome.method} has no retrain function")
+    accuracies = []
+    for training_seed in training_seeds:
+        model = outcome.retrain(setup.with_training_seed(training_seed))
+        accuracies.append(setup.evaluate(model)[1])
+    return accuracies
 
 
 def fds_search(
@@ -195,8 +238,12 @@ def fds_search(
     seconds = time.perf_counter() - start
     step = history.best_step()
     values = {name: history.values[name][step] for name in schedules}
+
+    def retrain(target: DigitsSetup) -> nn.Module:
+        return _train_schedule(target, values)
+
     if best.get("step") != step:  # the best run happened before a resume: train it again
-        best["params"] = _replay(setup, values)
+        best["params"] = {name: p.detach() for name, p in retrain(setup).named_parameters()}
     _, accuracy, test_loss = setup.evaluate(model, best["params"])
     return SearchOutcome(
         method=f"FDS ({windows}-window lr, momentum, weight decay)",
@@ -212,19 +259,19 @@ def fds_search(
         seconds=seconds,
         val_losses=list(history.val_losses),
         history=history,
+        retrain=retrain,
     )
 
 
-def _replay(setup: DigitsSetup, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Parameters after a plain run with the window ``values`` (for a run lost to a resume)."""
+def _train_schedule(setup: DigitsSetup, values: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A plain run with FDS's window ``values`` of lr, momentum and weight decay."""
     lr_values = values["lr"].reshape(-1)
     per_step = lr_values[window_index(setup.steps, lr_values.numel())]
-    model = setup.train_sgd(
+    return setup.train_sgd(
         per_step,
         float(values["momentum"].reshape(-1)[0]),
         float(values["weight_decay"].reshape(-1)[0]),
     )
-    return {name: p.detach() for name, p in model.named_parameters()}
 
 
 def hd_search(
@@ -245,18 +292,11 @@ def hd_search(
     best: dict[str, Any] = {"val": math.inf}
     losses = []
     for hyper_lr in hyper_lrs:
-        model = setup.model()
-        optimizer = SGDHD(model.parameters(), lr=0.0, hyper_lr=hyper_lr, momentum=momentum)
-        for t in range(setup.steps):
-            optimizer.zero_grad()
-            x, y = setup.batch(t)
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
+        model, final_lr = _train_hd(setup, hyper_lr, momentum)
         val, accuracy, test_loss = setup.evaluate(model)
         val = val if math.isfinite(val) else math.inf
         losses.append(val)
         if val < best["val"]:
-            final_lr = optimizer.param_groups[0]["lr"]
             best.update(val=val, accuracy=accuracy, test_loss=test_loss, hyper_lr=hyper_lr)
             best["final_lr"] = final_lr
     return SearchOutcome(
@@ -271,7 +311,22 @@ def hd_search(
         },
         seconds=time.perf_counter() - start,
         val_losses=losses,
+        retrain=(lambda target: _train_hd(target, best["hyper_lr"], momentum)[0])
+        if "hyper_lr" in best
+        else None,
     )
+
+
+def _train_hd(setup: DigitsSetup, hyper_lr: float, momentum: float) -> tuple[nn.Module, float]:
+    """One SGDHD run from lr = 0; returns the model and the learning rate it ended at."""
+    model = setup.model()
+    optimizer = SGDHD(model.parameters(), lr=0.0, hyper_lr=hyper_lr, momentum=momentum)
+    for t in range(setup.steps):
+        optimizer.zero_grad()
+        x, y = setup.batch(t)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model, float(optimizer.param_groups[0]["lr"])
 
 
 def random_search(setup: DigitsSetup, runs: int = 10, seed: int = 0) -> SearchOutcome:
@@ -297,6 +352,7 @@ def random_search(setup: DigitsSetup, runs: int = 10, seed: int = 0) -> SearchOu
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     study.optimize(objective, n_trials=runs)
     best = study.best_trial
+    found = dict(best.params)
     return SearchOutcome(
         method="random search (Optuna RandomSampler)",
         runs=runs,
@@ -306,6 +362,9 @@ def random_search(setup: DigitsSetup, runs: int = 10, seed: int = 0) -> SearchOu
         hyperparameters={k: round(v, 6) for k, v in best.params.items()},
         seconds=time.perf_counter() - start,
         val_losses=[float(t.value) for t in study.trials],
+        retrain=lambda target: target.train_sgd(
+            found["lr"], found["momentum"], found["weight_decay"]
+        ),
     )
 
 
