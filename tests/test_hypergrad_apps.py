@@ -121,6 +121,21 @@ def test_short_horizon_example_runs(tmp_path, capsys):
     assert out.exists() and "ratio greedy / FDS" in capsys.readouterr().out
 
 
+def test_fds_digits_example_runs(tmp_path, capsys):
+    out = tmp_path / "digits.png"
+    argv = ["--steps", "12", "--runs", "2", "--compare", "--out", str(out)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the example's __main__: small batches, shared cores
+    try:
+        assert _example("fds_digits").main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert out.exists() and out.stat().st_size > 0
+    for method in ("FDS (10-window lr, momentum, weight decay)", "greedy HD", "random search"):
+        assert method in printed
+
+
 def test_loss_weights_example_runs(tmp_path, capsys):
     out = tmp_path / "lw.png"
     argv = ["--steps", "8", "--seed", "1", "--criterion", "mean", "--out", str(out)]

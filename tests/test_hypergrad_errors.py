@@ -1,5 +1,7 @@
 """Bad input and what forward mode cannot differentiate fail clearly."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -80,6 +82,29 @@ def test_non_differentiable_hyperparameters():
         _run(model, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize("tuned_lr", [False, True])
+def test_a_loss_hyperparameter_that_never_reaches_the_run_warns(tuned_lr):
+    """``float(hypers["a"])`` cuts the hyperparameter off the derivative: its hypergradient
+    is exactly zero, which nothing else would tell (N = 1 dual path and N = 2 vmap path)."""
+    lr = Schedule(0.1, steps=T, dtype=DT) if tuned_lr else 0.1
+    optimizer = SGD(lr=lr, momentum=0.9)
+    alpha = {"a": Schedule(0.3, steps=T, dtype=DT)}
+
+    def detached(model_fn, batch, hypers):
+        return float(hypers["a"]) * _mse(model_fn, batch, hypers) + model_fn(batch[0]).mean()
+
+    def used(model_fn, batch, hypers):
+        return hypers["a"] * _mse(model_fn, batch, hypers) + model_fn(batch[0]).mean()
+
+    with pytest.warns(UserWarning, match=r"hypers\['a'\] did not change the inner run.*float"):
+        result = _run(_mlp(), optimizer, detached, hypers=alpha)
+    assert float(result.hypergrads["a"].abs().max()) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = _run(_mlp(), optimizer, used, hypers=alpha)
+    assert float(result.hypergrads["a"].abs().max()) > 0
+
+
 def test_unknown_options():
     with pytest.raises(ValueError, match="tangents must be one of"):
         _run(_mlp(), tangents="fast")
@@ -91,7 +116,9 @@ def test_unknown_options():
         Schedule(0.0, steps=T, transform="log")
 
 
-def test_nan_during_the_unroll_names_the_step():
+@pytest.mark.parametrize("columns", [1, 3])
+def test_nan_during_the_unroll_names_the_step(columns):
+    """N = 1 runs as dual tensors after step 0, N = 3 as vmapped jvp: both name the step."""
     x, y = _data()
     x = x.clone()
     x[3] = float("nan")
@@ -99,7 +126,9 @@ def test_nan_during_the_unroll_names_the_step():
     def batches(t):
         return x[t], y[t]
 
-    optimizer = SGD(lr=Schedule(0.1, steps=T, dtype=DT))
+    lr = Schedule(0.1, steps=T, windows=min(columns, 2), dtype=DT)
+    momentum = Schedule(0.5, steps=T, dtype=DT) if columns > 1 else 0.0
+    optimizer = SGD(lr=lr, momentum=momentum)
     with pytest.raises(UnrollError, match="at inner step 3: the training loss is nan"):
         fds_hypergradients(_mlp(), _mse, lambda f: f(x[0]).sum(), optimizer, batches)
     # checked every 5 steps (as on accelerators): found late, still named exactly
@@ -169,8 +198,9 @@ class _Net(nn.Module):
 
 
 def test_attention_on_cpu_is_differentiated_exactly():
-    """On CPU, SDPA inside the training step takes its math path, which forward mode
-    differentiates (fused CUDA kernels do not: see the custom-Function test below)."""
+    """On CPU, SDPA on these 3-D inputs takes its math path, which forward mode
+    differentiates (4-D inputs, as nn.MultiheadAttention passes, take the fused flash
+    kernel, which it does not: see the TransformerEncoderLayer test below)."""
     x, y = _data()
     model = _Net().to(DT)
 
@@ -240,3 +270,55 @@ def test_low_level_engine_checks_state_and_losses():
         _run(_mlp(), train_loss=lambda f, b, h: 1.0)
     with pytest.raises(ValueError, match="train_loss must return a scalar"):
         _run(_mlp(), train_loss=lambda f, b, h: f(b[0]))
+
+
+def _math_kernel(fn):
+    def wrapped(*args):
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            return fn(*args)
+
+    return wrapped
+
+
+def _encoder_run(make, model, train_wrap=None, val_wrap=None):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(T, 2, 5, 8, generator=gen, dtype=DT)
+    y = torch.randn(T, 2, 5, 8, generator=gen, dtype=DT)
+
+    def val_loss(f):
+        return ((f(x[0]) - y[0]) ** 2).mean()
+
+    return make(
+        model,
+        train_wrap(_mse) if train_wrap else _mse,
+        val_wrap(val_loss) if val_wrap else val_loss,
+        SGD(lr=Schedule(0.05, steps=T, dtype=DT), momentum=Schedule(0.5, steps=T, dtype=DT)),
+        lambda t: (x[t], y[t]),
+    )
+
+
+def test_fused_attention_kernels_name_the_module_and_the_fix_works():
+    """A real fused kernel: nn.TransformerEncoderLayer on CPU runs SDPA's flash kernel in
+    the training step and, in eval mode (the validation loss), a fused fast path;
+    neither has a forward-mode rule. Each failure names the step or the validation loss
+    and the module, and says what to do; doing it gives reverse mode's answer."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).to(DT)
+    model = nn.Sequential(nn.Linear(8, 8), layer).to(DT)
+    with pytest.raises(UnrollError, match=r"inner step 0 failed in module '1.self_attn'") as info:
+        _encoder_run(fds_hypergradients, model)
+    assert "SDPBackend.MATH" in str(info.value)
+    with pytest.raises(UnrollError, match=r"the validation loss failed in module '1") as info:
+        _encoder_run(fds_hypergradients, model, train_wrap=_math_kernel)
+    assert "set_fastpath_enabled(False)" in str(info.value)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        fds, rev = (
+            _encoder_run(make, model, _math_kernel, _math_kernel)
+            for make in (fds_hypergradients, reverse_hypergradients)
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    for name in ("lr", "momentum"):
+        assert float(fds.hypergrads[name].abs().max()) > 0
+        torch.testing.assert_close(fds.hypergrads[name], rev.hypergrads[name], rtol=1e-9, atol=0)

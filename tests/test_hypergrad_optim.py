@@ -83,6 +83,67 @@ def test_adam_matches_torch(cls, kwargs):
     _assert_same(_run_functional(cls(**kwargs)), theirs)
 
 
+def _run_torch_per_step(make_optimizer, per_step):
+    """torch.optim with the param group's hyperparameters set before every step."""
+    params, loss = _problem()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    optimizer = make_optimizer(list(leaves.values()))
+    group = optimizer.param_groups[0]
+    for t in range(STEPS):
+        for name, values in per_step.items():
+            if name in ("beta1", "beta2"):
+                betas = list(group["betas"])
+                betas[name == "beta2"] = float(values[t])
+                group["betas"] = tuple(betas)
+            else:
+                group[name] = float(values[t])
+        optimizer.zero_grad()
+        loss(leaves, t).backward()
+        optimizer.step()
+    return {k: v.detach() for k, v in leaves.items()}
+
+
+def _changing(values):
+    return Schedule(values, steps=STEPS, windows=len(values), dtype=torch.float64)
+
+
+def test_every_sgd_hyperparameter_changing_per_step_matches_torch():
+    schedules = {
+        "lr": _changing([0.3, 0.1, 0.2]),
+        "momentum": _changing([0.9, 0.5]),
+        "dampening": _changing([0.1, 0.4]),
+        "weight_decay": _changing([0.01, 0.1, 0.0]),
+    }
+    per_step = {name: s.per_step() for name, s in schedules.items()}
+    theirs = _run_torch_per_step(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), per_step)
+    _assert_same(_run_functional(SGD(**schedules), per_step), theirs)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_every_adam_hyperparameter_changing_per_step_matches_torch(cls, amsgrad):
+    """Including β₁ and β₂: the bias corrections use the current β (as torch does when a
+    param group's betas change between steps)."""
+    schedules = {
+        "lr": _changing([0.02, 0.005, 0.01, 0.03]),
+        "beta1": _changing([0.9, 0.5, 0.8]),
+        "beta2": _changing([0.99, 0.9]),
+        "eps": _changing([1e-8, 1e-3]),
+        "weight_decay": _changing([0.0, 0.1, 0.05]),
+    }
+    per_step = {name: s.per_step() for name, s in schedules.items()}
+    reference = {Adam: torch.optim.Adam, AdamW: torch.optim.AdamW}[cls]
+    theirs = _run_torch_per_step(lambda p: reference(p, amsgrad=amsgrad), per_step)
+    ours = cls(
+        lr=schedules["lr"],
+        betas=(schedules["beta1"], schedules["beta2"]),
+        eps=schedules["eps"],
+        weight_decay=schedules["weight_decay"],
+        amsgrad=amsgrad,
+    )
+    _assert_same(_run_functional(ours, per_step), theirs)
+
+
 def test_per_step_learning_rate_matches_torch_with_changing_lr():
     schedule = Schedule(
         torch.tensor([0.3, 0.1, 0.05, 0.2], dtype=torch.float64), steps=STEPS, windows=4
@@ -129,6 +190,10 @@ def test_unknown_or_bad_hyperparameters():
         SGD(lr=0.1, foo=1.0)
     with pytest.raises(ValueError, match="nesterov"):
         SGD(lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov=True requires zero dampening"):
+        SGD(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="nesterov=True requires zero dampening"):
+        SGD(lr=0.1, momentum=0.9, dampening=Schedule(0.1, steps=3), nesterov=True)
     with pytest.raises(TypeError, match="betas"):
         Adam(betas=0.9)
     with pytest.raises(ValueError, match="finite"):

@@ -78,6 +78,13 @@ def test_adam_step_matches_torch_adam_on_the_raw_values():
     torch.testing.assert_close(schedule.raw, leaf.detach(), rtol=0, atol=1e-12)
 
 
+def test_adam_step_clamps_into_the_search_range():
+    schedule = Schedule(torch.tensor([0.95, 0.05]), steps=4, windows=2, bounds=(0.0, 1.0), dtype=DT)
+    # the first Adam step moves each entry by about lr against its hypergradient's sign
+    AdamStep(lr=0.2).step({"m": schedule}, {"m": torch.tensor([-1.0, 3.0], dtype=DT)})
+    assert schedule.values().tolist() == [1.0, 0.0]
+
+
 def _tiny_problem():
     """An FDS objective that also draws from the global RNGs (noise in every batch)."""
     steps = 8
@@ -109,11 +116,12 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
+@pytest.mark.parametrize("make_outer", [lambda: SignStep(fraction=0.2), lambda: AdamStep(lr=0.05)])
+def test_resumed_run_continues_exactly_where_it_stopped(tmp_path, make_outer):
     torch.manual_seed(123)
     np.random.seed(123)
     objective, schedules = _tiny_problem()
-    full = tune(objective, schedules, 5, outer=SignStep(fraction=0.2), progress=False)
+    full = tune(objective, schedules, 5, outer=make_outer(), progress=False)
 
     def stop_after_two(k, result, history):
         if k == 1:
@@ -128,7 +136,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
             objective,
             schedules,
             5,
-            outer=SignStep(fraction=0.2),
+            outer=make_outer(),
             checkpoint=path,
             progress=False,
             callback=stop_after_two,
@@ -136,9 +144,7 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     torch.manual_seed(999)  # whatever happens in between is undone by the checkpoint
     np.random.seed(999)
     objective, schedules = _tiny_problem()
-    resumed = tune(
-        objective, schedules, 5, outer=SignStep(fraction=0.2), checkpoint=path, progress=True
-    )
+    resumed = tune(objective, schedules, 5, outer=make_outer(), checkpoint=path, progress=True)
     assert resumed.outer_steps == full.outer_steps == 5
     assert resumed.val_losses == full.val_losses
     for name in ("lr", "momentum"):
@@ -151,6 +157,15 @@ def test_resumed_run_continues_exactly_where_it_stopped(tmp_path):
     assert full.values["lr"][0].abs().sum() == 0  # FDS starts at zero
     assert full.final_values["lr"].abs().sum() > 0
     assert 0 <= full.best_step() < 5
+
+
+def test_tune_shows_a_progress_bar_over_the_outer_steps(capsys):
+    objective, schedules = _tiny_problem()
+    tune(objective, schedules, 2, outer=SignStep(fraction=0.2), progress=True)
+    shown = capsys.readouterr().err
+    assert "FDS outer steps" in shown and "2/2" in shown and "val_loss=" in shown
+    tune(objective, schedules, 1, outer=SignStep(fraction=0.2), progress=False)
+    assert "FDS outer steps" not in capsys.readouterr().err
 
 
 def test_resume_refuses_a_checkpoint_of_other_schedules(tmp_path):

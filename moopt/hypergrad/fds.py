@@ -19,16 +19,20 @@ Deviations from the official FDS code (github.com/polo5/FDS):
   step;
 * windows need not divide the horizon (sizes then differ by at most one, see
   :class:`~moopt.hypergrad.schedule.Schedule`);
-* the reference recomputes ``H·Z`` one column at a time; here all N columns go through
-  one vmapped jvp per step (``tangents="columns"`` reproduces the column loop for
-  comparisons); a single hyperparameter (N = 1) is carried as ``torch.autograd.forward_ad``
-  dual tensors after the first step, with the gradient of each step by ``torch.autograd``.
+* the reference forms ``H·Z`` one column at a time (one double-backward product per
+  column on the step's gradient graph); here all N columns go through one vmapped jvp
+  per step (``tangents="columns"`` runs one jvp of the whole step per column, which
+  costs more than the reference's loop; see :mod:`moopt.hypergrad.engine`); a single
+  hyperparameter (N = 1) is carried as ``torch.autograd.forward_ad`` dual tensors after
+  the first step, with the gradient of each step by ``torch.autograd``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 
 from moopt.hypergrad.engine import Batches, HypergradResult, forward_unroll
@@ -117,5 +121,24 @@ def fds_hypergradients(
         )
     finally:
         problem.stop_tracking()
+    _warn_unused(problem.hypers, result)
     result.state = problem.finish(result.state)
     return result
+
+
+def _warn_unused(hypers: Mapping[str, Schedule], result: HypergradResult) -> None:
+    """Warn about loss hyperparameters whose tangent stayed exactly zero for the whole run:
+    the training loss ignored them or cut them off the derivative, and their hypergradient
+    is exactly zero (an optimizer's own hyperparameters cannot be misused that way)."""
+    peaks = result.log_tangent_peaks or {}
+    for name in hypers:
+        if name in peaks and bool(torch.isneginf(peaks[name]).all()):
+            warnings.warn(
+                f"hypers[{name!r}] did not change the inner run (its tangent stayed exactly "
+                "zero), so its hypergradient is 0: train_loss does not use it, or cuts it "
+                "off the derivative (float(), .item(), .detach(), .numpy()). Use it as a "
+                "tensor, e.g. hypers[name] * loss. (It can also happen legitimately: every "
+                "learning rate 0 and no momentum, or a loss whose gradient is zero.)",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -227,7 +227,8 @@ class SGD(InnerOptimizer):
         momentum: momentum μ.
         dampening: dampening τ.
         weight_decay: L2 penalty ξ (added to the gradient).
-        nesterov: Nesterov momentum (a fixed choice, not differentiable).
+        nesterov: Nesterov momentum (a fixed choice, not differentiable); needs a
+            positive momentum and zero dampening, as in torch.
 
     The update is :func:`sgd`.
     """
@@ -249,6 +250,8 @@ class SGD(InnerOptimizer):
         self.use_momentum = isinstance(momentum, Schedule) or self.hypers["momentum"] != 0
         if nesterov and not isinstance(momentum, Schedule) and self.hypers["momentum"] <= 0:
             raise ValueError("nesterov=True requires a positive momentum (as torch.optim.SGD)")
+        if nesterov and (isinstance(dampening, Schedule) or self.hypers["dampening"] != 0):
+            raise ValueError("nesterov=True requires zero dampening (as torch.optim.SGD)")
 
     def init(self, params: Mapping[str, torch.Tensor]) -> dict[str, object]:
         first = next(iter(params.values()))

@@ -210,7 +210,9 @@ class InnerProblem:
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
         return {**frozen, **dict(self.model.named_buffers())}
 
-    def bind(self, flat: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]):
+    def bind(
+        self, flat: Mapping[str, torch.Tensor], constants: Mapping[str, torch.Tensor]
+    ) -> ModelFn:
         """A callable that runs the model with the flat parameters ``flat`` and ``constants``."""
         model = self.model
         layout = self.layout
@@ -258,8 +260,14 @@ class InnerProblem:
             return {"params": params, "optimizer": opt_state}, loss
 
         def val(state: Mapping[str, Any]) -> torch.Tensor:
-            with _eval_mode(self.model):
-                loss = self.val_loss(self.bind(state["params"], constants))
+            self.start_tracking()
+            try:
+                with _eval_mode(self.model):
+                    loss = self.val_loss(self.bind(state["params"], constants))
+            except (RuntimeError, NotImplementedError) as error:
+                raise self.describe_error(None, error) from error
+            finally:
+                self.stop_tracking()
             _check_scalar(loss, "val_loss")
             return loss
 
@@ -275,30 +283,36 @@ class InnerProblem:
             self._tracker.remove()
             self._tracker = None
 
-    def describe_error(self, t: int, error: Exception) -> Exception:
-        """An :class:`UnrollError` naming the step, the failing module and what to do."""
+    def describe_error(self, t: int | None, error: Exception) -> Exception:
+        """An :class:`UnrollError` naming the step (``None``: the validation loss, run in
+        eval mode after the last step), the failing module and what to do."""
         from moopt.hypergrad.engine import UnrollError
 
         where = ""
         if self._tracker is not None and self._tracker.stack:
             name, kind = self._tracker.stack[-1]
             where = f" in module {name!r} ({kind})"
-        text = str(error)
+        text = str(error).rstrip(".")
         hint = ""
         lowered = text.lower()
         if any(
             k in lowered for k in ("forward ad", "forward-mode", "jvp", "batching rule", "vmap")
         ):
             hint = (
-                " Forward-mode FDS pushes tangents through the training step with "
+                " Forward-mode FDS pushes tangents through the training step and the "
+                "validation loss with "
                 "torch.func.jvp under torch.func.vmap, and this operation does not support "
                 "that. For attention, run the math kernel (with torch.nn.attention."
                 "sdpa_kernel(torch.nn.attention.SDPBackend.MATH)) or write "
-                "softmax(Q Kᵀ/√d) V explicitly; for in-place buffer updates call .eval(); "
+                "softmax(Q Kᵀ/√d) V explicitly; nn.MultiheadAttention and the "
+                "nn.Transformer layers take a fused fast path in eval mode (the validation "
+                "loss), turned off by torch.backends.mha.set_fastpath_enabled(False); for "
+                "in-place buffer updates call .eval(); "
                 "otherwise replace the operation, or use reverse_hypergradients for short "
                 "horizons."
             )
-        return UnrollError(f"inner step {t} failed{where}: {type(error).__name__}: {text}.{hint}")
+        stage = "the validation loss" if t is None else f"inner step {t}"
+        return UnrollError(f"{stage} failed{where}: {type(error).__name__}: {text}.{hint}")
 
 
 def _carries_dual_tangents(params: Mapping[str, torch.Tensor]) -> bool:

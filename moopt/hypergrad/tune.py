@@ -156,8 +156,9 @@ class History:
             ),
         )
 
-    def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None):
-        """Plot the schedules (see :func:`moopt.hypergrad.plotting.plot_schedules`)."""
+    def plot(self, path: str | os.PathLike | None = None, names: list[str] | None = None) -> Any:
+        """Plot the schedules (see :func:`moopt.hypergrad.plotting.plot_schedules`); returns
+        the matplotlib figure."""
         from moopt.hypergrad.plotting import plot_schedules
 
         return plot_schedules(self, path=path, names=names)
