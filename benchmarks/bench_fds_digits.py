@@ -39,19 +39,20 @@ from moopt.hypergrad._digits import (  # noqa: E402
     format_table,
     hd_search,
     random_search,
-    retrained_accuracies,
+    retrained_scores,
 )
 
 METHODS = ("FDS", "greedy HD", "random search")
-#: Retraining seeds are this offset plus 0, 1, ...; tuning seeds are small integers.
+#: Retraining seeds are this offset plus 0, 1, ...: apart from the tuning seeds (small
+#: integers) and from the draws of ``fds_search(resample=True)`` (10 001 and above).
 RETRAIN_SEED_OFFSET = 1000
 
 
-def run_seed(seed: int, steps: int, runs: int, retrain: int) -> dict:
+def run_seed(seed: int, steps: int, runs: int, retrain: int, resample: bool) -> dict:
     """Tune with the three methods on one seed; return the numbers the summary needs."""
     setup = DigitsSetup.create(steps=steps, seed=seed)
     outcomes = [
-        fds_search(setup, runs=runs),
+        fds_search(setup, runs=runs, resample=resample),
         hd_search(setup, runs=runs),
         random_search(setup, runs=runs, seed=seed),
     ]
@@ -72,19 +73,23 @@ def run_seed(seed: int, steps: int, runs: int, retrain: int) -> dict:
     seeds = range(RETRAIN_SEED_OFFSET, RETRAIN_SEED_OFFSET + retrain)
     record = {"seed": seed, "test_images": len(setup.test.y), "methods": {}}
     for name, outcome in zip(METHODS, outcomes):
-        accuracies = retrained_accuracies(outcome, setup, seeds) if retrain else []
+        scores = retrained_scores(outcome, setup, seeds) if retrain else []
+        accuracies = [accuracy for _, accuracy in scores]
         record["methods"][name] = {
             "val_loss": outcome.val_loss,
             "test_accuracy": outcome.test_accuracy,
             "retrained": accuracies,
+            "retrained_val_losses": [val for val, _ in scores],
             "hyperparameters": outcome.hyperparameters,
             "seconds": outcome.seconds,
         }
         if accuracies:
             listed = " ".join(f"{a:.4f}" for a in accuracies)
+            vals = [val for val, _ in scores]
             print(
                 f"{name}: test accuracy retrained from {retrain} other seeds: {listed} "
-                f"(mean {statistics.mean(accuracies):.4f})"
+                f"(mean {statistics.mean(accuracies):.4f}); validation loss median "
+                f"{statistics.median(vals):.4f}"
             )
     return record
 
@@ -129,6 +134,9 @@ def summarise(records: list[dict]) -> None:
         retrained = [a for r in records for a in r["methods"][name]["retrained"]]
         if retrained:
             line += f", retrained {statistics.mean(retrained):.4f}"
+            vals = [v for r in records for v in r["methods"][name].get("retrained_val_losses", [])]
+            if vals:
+                line += f" (retrained validation loss: median {statistics.median(vals):.4f})"
         print(line)
     for kind, values in differences.items():
         if len(values) < 2:
@@ -154,6 +162,9 @@ def main() -> None:
         "--retrain", type=int, default=5, help="retraining seeds per pick (0: none)"
     )
     parser.add_argument("--results", default=None, help="directory of per-seed JSON results")
+    parser.add_argument(
+        "--resample", action="store_true", help="FDS: a new training draw every outer step"
+    )
     args = parser.parse_args()
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
@@ -175,7 +186,7 @@ def main() -> None:
             records.append(json.loads(path.read_text()))
             print(f"seed {seed}: read from {path}")
             continue
-        record = run_seed(seed, args.steps, args.runs, args.retrain)
+        record = run_seed(seed, args.steps, args.runs, args.retrain, args.resample)
         if path is not None:
             path.write_text(json.dumps(record, indent=1))
         records.append(record)

@@ -50,7 +50,7 @@ class DigitsSetup:
     weights and the minibatch order. Every training run (whatever the tuner) starts from
     the same initial weights and sees the same sequence of minibatches, so runs differ only
     in their hyperparameters. :meth:`with_training_seed` keeps the split and draws other
-    weights and batches, to retrain what a tuner found (:func:`retrained_accuracies`).
+    weights and batches, to retrain what a tuner found (:func:`retrained_scores`).
     """
 
     train: Split
@@ -159,7 +159,7 @@ class SearchOutcome:
     """What a tuner found: the hyperparameters of its best run (lowest validation loss).
 
     ``retrain`` trains those hyperparameters again on a given setup (another training seed:
-    :func:`retrained_accuracies`).
+    :func:`retrained_scores`).
     """
 
     method: str
@@ -174,22 +174,24 @@ class SearchOutcome:
     retrain: Callable[[DigitsSetup], nn.Module] | None = None
 
 
-def retrained_accuracies(
+def retrained_scores(
     outcome: SearchOutcome, setup: DigitsSetup, training_seeds: Iterable[int]
-) -> list[float]:
-    """Test accuracy of ``outcome``'s hyperparameters trained again from each training seed.
+) -> list[tuple[float, float]]:
+    """``(validation loss, test accuracy)`` of ``outcome``'s hyperparameters trained again
+    from each training seed.
 
-    A tuner picks its run on one initial weight draw and one minibatch order; the test
-    accuracy of that single run mixes the quality of the hyperparameters with the luck of
-    that draw. Retraining on the same split from other seeds separates the two.
+    A tuner picks its run on one initial weight draw and one minibatch order; the scores
+    of that single run mix the quality of the hyperparameters with the luck of that draw.
+    Retraining on the same split from other seeds separates the two.
     """
     if outcome.retrain is None:
         raise ValueError(f"{outcome.method} has no retrain function")
-    accuracies = []
+    scores = []
     for training_seed in training_seeds:
         model = outcome.retrain(setup.with_training_seed(training_seed))
-        accuracies.append(setup.evaluate(model)[1])
-    return accuracies
+        val, accuracy, _ = setup.evaluate(model)
+        scores.append((val, accuracy))
+    return scores
 
 
 def fds_search(
@@ -199,13 +201,20 @@ def fds_search(
     progress: bool = False,
     checkpoint: str | None = None,
     fraction: float = 0.2,
+    resample: bool = False,
 ) -> SearchOutcome:
     """FDS from zero: ``windows`` learning rates, one momentum, one weight decay.
 
     ``runs`` outer steps (each one forward-mode training run of T steps); the sign step
     with halving (FDS Appendix G) starts at ``fraction`` of each search range. The reported run
     is the one with the lowest validation loss among the ``runs`` inner runs.
+
+    With ``resample``, every outer step after the first trains from its own draw of initial
+    weights and minibatch order (:meth:`DigitsSetup.with_training_seed`), so the sign step
+    follows hypergradients of different runs instead of tuning the schedule to one run.
     """
+    if not isinstance(resample, bool):
+        raise TypeError(f"resample must be a bool; got {resample!r}")
     steps = setup.steps
     schedules = {
         "lr": Schedule(0.0, steps=steps, windows=windows, bounds=LR_RANGE),
@@ -216,9 +225,15 @@ def fds_search(
     model = setup.model()
     best: dict[str, Any] = {"val": math.inf}
 
+    def draw(k: int) -> DigitsSetup:
+        if not resample or k == 0:
+            return setup
+        return setup.with_training_seed(10_000 * (setup.training_seed + 1) + k)
+
     def objective(k: int) -> HypergradResult:
+        run = draw(k)
         return fds_hypergradients(
-            model, setup.train_loss, setup.val_loss, optimizer, setup.batch, steps=steps
+            run.model(), run.train_loss, run.val_loss, optimizer, run.batch, steps=steps
         )
 
     def keep_best(k: int, result: HypergradResult, history: History) -> None:
@@ -243,10 +258,12 @@ def fds_search(
         return _train_schedule(target, values)
 
     if best.get("step") != step:  # the best run happened before a resume: train it again
-        best["params"] = {name: p.detach() for name, p in retrain(setup).named_parameters()}
+        replayed = retrain(draw(step)).named_parameters()
+        best["params"] = {name: p.detach() for name, p in replayed}
     _, accuracy, test_loss = setup.evaluate(model, best["params"])
     return SearchOutcome(
-        method=f"FDS ({windows}-window lr, momentum, weight decay)",
+        method=f"FDS ({windows}-window lr, momentum, weight decay"
+        + (", resampled runs)" if resample else ")"),
         runs=runs,
         val_loss=history.val_losses[step],
         test_accuracy=accuracy,
