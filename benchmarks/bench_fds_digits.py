@@ -43,16 +43,15 @@ from moopt.hypergrad._digits import (  # noqa: E402
 )
 
 METHODS = ("FDS", "greedy HD", "random search")
-#: Retraining seeds are this offset plus 0, 1, ...: apart from the tuning seeds (small
-#: integers) and from the draws of ``fds_search(resample=True)`` (10 001 and above).
+#: Retraining seeds are this offset plus 0, 1, ...; the tuning seeds are small integers.
 RETRAIN_SEED_OFFSET = 1000
 
 
-def run_seed(seed: int, steps: int, runs: int, retrain: int, resample: bool) -> dict:
+def run_seed(seed: int, steps: int, runs: int, retrain: int) -> dict:
     """Tune with the three methods on one seed; return the numbers the summary needs."""
     setup = DigitsSetup.create(steps=steps, seed=seed)
     outcomes = [
-        fds_search(setup, runs=runs, resample=resample),
+        fds_search(setup, runs=runs),
         hd_search(setup, runs=runs),
         random_search(setup, runs=runs, seed=seed),
     ]
@@ -162,9 +161,6 @@ def main() -> None:
         "--retrain", type=int, default=5, help="retraining seeds per pick (0: none)"
     )
     parser.add_argument("--results", default=None, help="directory of per-seed JSON results")
-    parser.add_argument(
-        "--resample", action="store_true", help="FDS: a new training draw every outer step"
-    )
     args = parser.parse_args()
     if args.seed is not None and args.seeds is not None:
         parser.error("give --seed or --seeds, not both")
@@ -186,7 +182,7 @@ def main() -> None:
             records.append(json.loads(path.read_text()))
             print(f"seed {seed}: read from {path}")
             continue
-        record = run_seed(seed, args.steps, args.runs, args.retrain, args.resample)
+        record = run_seed(seed, args.steps, args.runs, args.retrain)
         if path is not None:
             path.write_text(json.dumps(record, indent=1))
         records.append(record)

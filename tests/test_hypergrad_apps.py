@@ -86,31 +86,6 @@ def test_another_training_seed_keeps_the_split_and_redraws_weights_and_batches()
     assert torch.equal(same.model()[0].weight, other.model()[0].weight)
 
 
-def test_resampled_fds_trains_every_outer_step_after_the_first_from_its_own_draw():
-    setup = DigitsSetup.create(steps=12, hidden=8, seed=1)
-    fixed = fds_search(setup, runs=3, windows=2)
-    resampled = fds_search(setup, runs=3, windows=2, resample=True)
-    assert resampled.val_losses[0] == fixed.val_losses[0]  # same draw, same zero start
-    for name in ("lr", "momentum", "weight_decay"):  # hence the same first update
-        assert torch.equal(fixed.history.values[name][1], resampled.history.values[name][1])
-    assert resampled.val_losses[1] != fixed.val_losses[1]  # trained on another draw
-    with pytest.raises(TypeError, match="resample"):
-        fds_search(setup, runs=1, resample="yes")
-
-
-def test_resampled_fds_replays_its_pick_on_the_pick_s_own_draw(tmp_path):
-    setup = DigitsSetup.create(steps=12, hidden=8, seed=2)
-    whole = fds_search(setup, runs=3, windows=2, resample=True)
-    assert whole.history.best_step() > 0  # picked on a draw other than the setup's own
-    checkpoint = str(tmp_path / "fds.pt")
-    fds_search(setup, runs=3, windows=2, resample=True, checkpoint=checkpoint)
-    # nothing is left to run: the pick is trained again from the checkpoint's values
-    resumed = fds_search(setup, runs=3, windows=2, resample=True, checkpoint=checkpoint)
-    assert resumed.val_losses == whole.val_losses
-    assert resumed.test_accuracy == whole.test_accuracy
-    assert resumed.test_loss == pytest.approx(whole.test_loss, rel=1e-5)
-
-
 def test_retraining_needs_a_retrain_function():
     setup = DigitsSetup.create(steps=4, hidden=4)
     outcome = random_search(setup, runs=1)

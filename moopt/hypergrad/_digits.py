@@ -201,20 +201,13 @@ def fds_search(
     progress: bool = False,
     checkpoint: str | None = None,
     fraction: float = 0.2,
-    resample: bool = False,
 ) -> SearchOutcome:
     """FDS from zero: ``windows`` learning rates, one momentum, one weight decay.
 
     ``runs`` outer steps (each one forward-mode training run of T steps); the sign step
     with halving (FDS Appendix G) starts at ``fraction`` of each search range. The reported run
     is the one with the lowest validation loss among the ``runs`` inner runs.
-
-    With ``resample``, every outer step after the first trains from its own draw of initial
-    weights and minibatch order (:meth:`DigitsSetup.with_training_seed`), so the sign step
-    follows hypergradients of different runs instead of tuning the schedule to one run.
     """
-    if not isinstance(resample, bool):
-        raise TypeError(f"resample must be a bool; got {resample!r}")
     steps = setup.steps
     schedules = {
         "lr": Schedule(0.0, steps=steps, windows=windows, bounds=LR_RANGE),
@@ -225,15 +218,9 @@ def fds_search(
     model = setup.model()
     best: dict[str, Any] = {"val": math.inf}
 
-    def draw(k: int) -> DigitsSetup:
-        if not resample or k == 0:
-            return setup
-        return setup.with_training_seed(10_000 * (setup.training_seed + 1) + k)
-
     def objective(k: int) -> HypergradResult:
-        run = draw(k)
         return fds_hypergradients(
-            run.model(), run.train_loss, run.val_loss, optimizer, run.batch, steps=steps
+            model, setup.train_loss, setup.val_loss, optimizer, setup.batch, steps=steps
         )
 
     def keep_best(k: int, result: HypergradResult, history: History) -> None:
@@ -258,12 +245,10 @@ def fds_search(
         return _train_schedule(target, values)
 
     if best.get("step") != step:  # the best run happened before a resume: train it again
-        replayed = retrain(draw(step)).named_parameters()
-        best["params"] = {name: p.detach() for name, p in replayed}
+        best["params"] = {name: p.detach() for name, p in retrain(setup).named_parameters()}
     _, accuracy, test_loss = setup.evaluate(model, best["params"])
     return SearchOutcome(
-        method=f"FDS ({windows}-window lr, momentum, weight decay"
-        + (", resampled runs)" if resample else ")"),
+        method=f"FDS ({windows}-window lr, momentum, weight decay)",
         runs=runs,
         val_loss=history.val_losses[step],
         test_accuracy=accuracy,
