@@ -71,6 +71,22 @@ def _negate(grad: torch.Tensor) -> torch.Tensor:
     return -grad
 
 
+def _as_damping(damping: float | torch.Tensor) -> torch.Tensor:
+    """The damping c as a 0-d floating tensor, after checking it is finite and ≥ 0."""
+    if not isinstance(damping, torch.Tensor):
+        return torch.tensor(check_positive(damping, "damping", allow_zero=True))
+    if damping.dim() != 0:
+        raise ValueError(
+            f"damping must be a number or a 0-d tensor; got shape {tuple(damping.shape)}"
+        )
+    if not torch.is_floating_point(damping):
+        damping = damping.to(torch.get_default_dtype())
+    value = float(damping.detach())
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"damping must be finite and non-negative; got {value}")
+    return damping
+
+
 class Constraint(nn.Module):
     """One constraint ``g(θ) == b``, ``g(θ) <= b`` or ``g(θ) >= b`` and its multipliers.
 
@@ -78,25 +94,31 @@ class Constraint(nn.Module):
         relation: ``"=="``, ``"<="`` or ``">="``.
         bound: the right-hand side b (a number, or a tensor broadcastable to ``shape``; a
             tensor that requires grad is kept as is, so the bound can be tuned).
-        damping: c ≥ 0 in ``(c/2)·h²`` (must be > 0 for inequalities).
+        damping: c ≥ 0 in ``(c/2)·h²`` (must be > 0 for inequalities): a number or a 0-d
+            tensor. It is kept as the non-persistent buffer ``damping`` (not in the state
+            dict: it is a setting, like the constructor's other arguments), so
+            ``torch.func.functional_call(mdmm, {"constraints.0.damping": c}, ...)`` runs
+            with another c, and a tensor that requires grad is kept as is: either way the
+            damping can be tuned by :mod:`moopt.hypergrad`, like the bound.
         scale: s > 0, multiplies ``g − b``; see the module docstring.
         shape: shape of the constraint value g; one multiplier per element.
     """
 
     bound: torch.Tensor
+    damping: torch.Tensor
 
     def __init__(
         self,
         relation: str = "<=",
         bound: float | torch.Tensor = 0.0,
-        damping: float = 1.0,
+        damping: float | torch.Tensor = 1.0,
         scale: float = 1.0,
         shape: Sequence[int] | torch.Size = (),
     ) -> None:
         super().__init__()
         self.relation = check_choice(relation, "relation", RELATIONS)
-        self.damping = check_positive(damping, "damping", allow_zero=True)
-        if relation != "==" and self.damping == 0:
+        damping_tensor = _as_damping(damping)
+        if relation != "==" and float(damping_tensor.detach()) == 0:
             raise ValueError(
                 "damping must be positive for inequality constraints (the clamped form "
                 "divides by it); got 0"
@@ -127,6 +149,10 @@ class Constraint(nn.Module):
             self.bound = tensor
         else:
             self.register_buffer("bound", tensor.detach().clone())
+        if carries_derivatives(damping_tensor):
+            self.damping = damping_tensor
+        else:
+            self.register_buffer("damping", damping_tensor.detach().clone(), persistent=False)
         self.multiplier = nn.Parameter(torch.zeros(self.shape))
         self.multiplier.register_hook(_negate)
 
@@ -150,14 +176,15 @@ class Constraint(nn.Module):
         """This constraint's term of the Lagrangian, summed over its elements."""
         h = self.violation(value)
         lam = self.multiplier.to(h)
-        c = self.damping
+        c = self.damping.to(h)
         if self.relation == "==":
             return (lam * h + 0.5 * c * h**2).sum()
         return ((torch.relu(lam + c * h) ** 2 - lam**2) / (2 * c)).sum()
 
     def extra_repr(self) -> str:
         return (
-            f"relation={self.relation!r}, damping={self.damping}, scale={self.scale}, "
+            f"relation={self.relation!r}, damping={float(self.damping.detach())}, "
+            f"scale={self.scale}, "
             f"shape={tuple(self.shape)}"
         )
 
